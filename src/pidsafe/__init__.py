@@ -1,0 +1,68 @@
+"""Read, check and remove PID files safely.
+
+pidsafe reads a PID file without following symlinks, opening anything but a
+regular file, blocking, or accepting anything but one PID in 1..pid_max; it
+judges the whole path by who could have written it; and it removes only the
+file it checked, by inode. See the README for the guarantees and their limits.
+"""
+
+from ._errors import (
+    AlreadyRunning,
+    IdentityMismatch,
+    InsecurePidfile,
+    InvalidPidfile,
+    PidfileError,
+    PidfileMissing,
+    PidfileNotRegular,
+    PidfilePermissionError,
+    PidfileSymlink,
+    PidfileTooLarge,
+    UnsafeSymlink,
+    UnsupportedPlatform,
+)
+from ._parse import FALLBACK_PID_MAX, MAX_PIDFILE_SIZE, parse_pid, pid_max
+from ._path import AVOIDS_SYMLINK_ATTACKS, USES_O_PATH
+from ._process import is_alive
+from ._read import (
+    PidDirectory,
+    PidfileRecord,
+    read_pidfile,
+    read_pidfile_safely,
+    remove_pidfile,
+    unlink_pidfile_safely,
+)
+from ._status import Status, clean_pidfile, status
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AVOIDS_SYMLINK_ATTACKS",
+    "FALLBACK_PID_MAX",
+    "MAX_PIDFILE_SIZE",
+    "USES_O_PATH",
+    "AlreadyRunning",
+    "IdentityMismatch",
+    "InsecurePidfile",
+    "InvalidPidfile",
+    "PidDirectory",
+    "PidfileError",
+    "PidfileMissing",
+    "PidfileNotRegular",
+    "PidfilePermissionError",
+    "PidfileRecord",
+    "PidfileSymlink",
+    "PidfileTooLarge",
+    "Status",
+    "UnsafeSymlink",
+    "UnsupportedPlatform",
+    "__version__",
+    "clean_pidfile",
+    "is_alive",
+    "parse_pid",
+    "pid_max",
+    "read_pidfile",
+    "read_pidfile_safely",
+    "remove_pidfile",
+    "status",
+    "unlink_pidfile_safely",
+]

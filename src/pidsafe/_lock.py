@@ -1,0 +1,44 @@
+"""Seeing whether a PID file's ``flock`` is held, without taking it.
+
+A status query that takes the lock, even for a moment, can make a starter's
+``flock(LOCK_EX|LOCK_NB)`` fail and report a running instance that does not
+exist. On Linux the kernel lists every held lock in ``/proc/locks`` with the
+device and inode of its file, so the query reads that list and never touches
+the lock. Where the list is unavailable, the answer is "unknown" and callers
+fall back to other evidence.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+_LOCKS_PATH: Final = "/proc/locks"
+
+
+def _device_field(dev: int) -> bytes:
+    # /proc/locks prints the device as hexadecimal major:minor.
+    return f"{os.major(dev):02x}:{os.minor(dev):02x}".encode()
+
+
+def flock_held(st: os.stat_result) -> bool | None:
+    """Return whether any process holds a ``flock`` on the file `st` describes.
+
+    Returns None when ``/proc/locks`` cannot be read. Waiters (lines marked
+    ``->``) are not holders.
+    """
+    try:
+        with open(_LOCKS_PATH, "rb") as stream:
+            text = stream.read()
+    except OSError:
+        return None
+    wanted = _device_field(st.st_dev) + b":" + str(st.st_ino).encode()
+    for line in text.splitlines():
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF"; a waiter has
+        # "->" after the number.
+        if len(fields) < 6 or fields[1] != b"FLOCK":
+            continue
+        if fields[5] == wanted:
+            return True
+    return False

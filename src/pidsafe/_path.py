@@ -1,0 +1,424 @@
+"""Secure path resolution and the trust policy.
+
+Design note. A PID read from a file is a claim made by whoever could write
+that file or any directory on its path. Asking the kernel to resolve the path
+in one ``open()`` gives no chance to see who that was, and checking with
+``lstat()`` first leaves a gap between the check and the open in which a
+parent directory can be swapped for a symlink. So the resolver walks the path
+itself, one component at a time, through directory file descriptors opened
+with ``O_NOFOLLOW|O_DIRECTORY`` (and ``O_PATH`` where the platform has it,
+which needs search but not read permission), and ``fstat``s each one. Every
+later step (open, stat, unlink) is relative to the final directory fd, so a
+rename higher up after the walk cannot redirect it.
+
+Trust, with root and the caller's effective uid as the default trusted users:
+
+* A directory is secure when a trusted user owns it and neither its group
+  nor others may write it.
+* A sticky directory that others may write (``/tmp``) is secure for one
+  entry only, and only when a trusted user owns both the directory and that
+  entry, because the sticky bit stops others from renaming or removing it.
+* A symlink is followed only while every directory so far is secure and the
+  symlink sits where only a trusted user could have put it. The final
+  component is never followed.
+* A file is trusted when its chain is secure, a trusted user owns it, neither
+  group nor others may write it, and it has exactly one link.
+
+Rejected alternatives: ``openat2(RESOLVE_NO_SYMLINKS)`` cannot follow the
+trusted ``/var/run -> /run`` link and reports nothing about ownership;
+``os.path.realpath`` followed by checks is the check-then-use race this module
+exists to remove.
+
+What can still fail: the walk judges each directory when it passes it, so a
+trusted user who later makes a directory writable is not noticed. A directory
+that the caller cannot search yields `PidfilePermissionError`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterable
+from typing import Final, NamedTuple, Union
+
+from ._errors import (
+    PidfileError,
+    PidfileMissing,
+    PidfileNotRegular,
+    PidfilePermissionError,
+    UnsafeSymlink,
+    UnsupportedPlatform,
+)
+
+PathArg = Union[str, "os.PathLike[str]"]
+
+#: True where every operation resolves paths through directory file
+#: descriptors, so that no symlink swap in a parent directory can redirect a
+#: read or a removal. Where it is False (platforms without ``openat`` and
+#: ``unlinkat``, such as Windows), file operations raise `UnsupportedPlatform`
+#: instead of falling back to a racy path-based walk.
+AVOIDS_SYMLINK_ATTACKS: Final[bool] = (
+    {os.open, os.stat, os.unlink, os.readlink} <= os.supports_dir_fd
+    and os.stat in os.supports_follow_symlinks
+    and hasattr(os, "O_NOFOLLOW")
+    and hasattr(os, "O_DIRECTORY")
+)
+
+#: True where directories are opened with ``O_PATH``, which needs only search
+#: permission. Without it (macOS, the BSDs) each directory on the path must
+#: also be readable by the caller.
+USES_O_PATH: Final[bool] = hasattr(os, "O_PATH")
+
+#: Symlink expansions allowed in one resolution, as Linux's ELOOP limit.
+MAX_SYMLINKS: Final = 40
+
+_NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
+_DIR_FLAGS: Final = (
+    getattr(os, "O_PATH", os.O_RDONLY)
+    | getattr(os, "O_DIRECTORY", 0)
+    | _NOFOLLOW
+    | getattr(os, "O_CLOEXEC", 0)
+)
+_WRITABLE_BY_OTHERS: Final = stat.S_IWGRP | stat.S_IWOTH
+
+
+def default_trusted_uids() -> frozenset[int]:
+    """Return the default trusted users: root and the effective uid."""
+    return frozenset((0, os.geteuid()))
+
+
+def as_trusted(uids: Iterable[int] | None) -> frozenset[int]:
+    """Return `uids` as a frozenset, or the default set when it is None."""
+    return default_trusted_uids() if uids is None else frozenset(uids)
+
+
+def require_support(path: str) -> None:
+    """Raise `UnsupportedPlatform` unless the secure walk works here."""
+    if not AVOIDS_SYMLINK_ATTACKS:
+        raise UnsupportedPlatform(
+            path,
+            "this platform lacks openat/unlinkat with O_NOFOLLOW, "
+            "so pidsafe cannot open PID files safely here",
+        )
+
+
+def describe_mode(mode: int) -> str:
+    """Name a file type for messages: "FIFO", "socket", "directory", ..."""
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISCHR(mode):
+        return "character device"
+    if stat.S_ISBLK(mode):
+        return "block device"
+    if stat.S_ISLNK(mode):
+        return "symbolic link"
+    return "special file"
+
+
+def _writers(mode: int) -> str:
+    if mode & stat.S_IWGRP and mode & stat.S_IWOTH:
+        return "group and others"
+    return "group" if mode & stat.S_IWGRP else "others"
+
+
+class _Step(NamedTuple):
+    """One directory on the walk: its fd, physical path and verdict so far."""
+
+    fd: int
+    path: str
+    reason: str | None  # first reason the chain up to here is insecure
+    shared_sticky: bool  # sticky and writable by others, like /tmp
+
+
+class Directory(NamedTuple):
+    """A resolved directory. The caller owns `fd` and must close it."""
+
+    fd: int
+    path: str
+    reason: str | None
+    shared_sticky: bool
+    dev: int
+    ino: int
+
+
+def _join(parent: str, name: str) -> str:
+    return parent + name if parent.endswith("/") else f"{parent}/{name}"
+
+
+def _judge_directory(
+    st: os.stat_result, path: str, parent: _Step, trusted: frozenset[int]
+) -> _Step:
+    """Return the walk state after entering the directory described by `st`."""
+    reason = parent.reason
+    writable = bool(st.st_mode & _WRITABLE_BY_OTHERS)
+    sticky = bool(st.st_mode & stat.S_ISVTX)
+    if reason is None:
+        if st.st_uid not in trusted:
+            reason = f"directory {path} is owned by uid {st.st_uid}"
+        elif writable and not sticky:
+            reason = f"directory {path} is writable by {_writers(st.st_mode)}"
+    return _Step(-1, path, reason, writable and sticky)
+
+
+def entry_reason(
+    parent_path: str,
+    shared_sticky: bool,
+    name: str,
+    uid: int,
+    trusted: frozenset[int],
+) -> str | None:
+    """Return why an entry owned by `uid` is insecure in its directory."""
+    if shared_sticky and uid not in trusted:
+        return (
+            f"{_join(parent_path, name)} is owned by uid {uid} "
+            f"in the shared directory {parent_path}"
+        )
+    return None
+
+
+def _open_error(exc: OSError, path: str, parent: str, display: str) -> PidfileError:
+    if exc.errno == errno.ENOENT:
+        return PidfileMissing(display, f"directory {path} does not exist")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return PidfilePermissionError(
+            display, f"permission denied searching directory {parent}"
+        )
+    if exc.errno == errno.ENOTDIR:
+        return PidfileError(display, f"{path} is not a directory", errno.ENOTDIR)
+    return PidfileError(
+        display, f"cannot open directory {path}: {exc.strerror}", exc.errno
+    )
+
+
+class _Walk:
+    """State of one resolution: a stack of open directory fds."""
+
+    def __init__(self, display: str, trusted: frozenset[int]) -> None:
+        self.display = display
+        self.trusted = trusted
+        self.stack: list[_Step] = []
+        self.expansions = 0
+
+    def close(self) -> None:
+        for step in self.stack:
+            os.close(step.fd)
+        self.stack.clear()
+
+    def enter_root(self) -> None:
+        """Reset the walk to "/", as an absolute path or symlink does."""
+        self.close()
+        fd = os.open("/", _DIR_FLAGS)
+        try:
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        origin = _Step(-1, "/", None, False)
+        root = _judge_directory(st, "/", origin, self.trusted)
+        self.stack.append(root._replace(fd=fd))
+
+    def enter(self, name: str, pending: list[str]) -> None:
+        """Step into `name`, or expand it onto `pending` if it is a symlink."""
+        parent = self.stack[-1]
+        path = _join(parent.path, name)
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent.fd)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                raise _open_error(exc, path, parent.path, self.display) from None
+            st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+            if not stat.S_ISLNK(st.st_mode):
+                raise _open_error(exc, path, parent.path, self.display) from None
+            self.expand(name, path, st, pending)
+            return
+        try:
+            st = os.fstat(fd)
+            step = _judge_directory(st, path, parent, self.trusted)
+            sticky_reason = entry_reason(
+                parent.path, parent.shared_sticky, name, st.st_uid, self.trusted
+            )
+        except BaseException:
+            os.close(fd)
+            raise
+        if step.reason is None and sticky_reason is not None:
+            step = step._replace(reason=sticky_reason)
+        self.stack.append(step._replace(fd=fd))
+
+    def expand(
+        self, name: str, path: str, st: os.stat_result, pending: list[str]
+    ) -> None:
+        """Follow the symlink `name` if the policy allows, else raise."""
+        parent = self.stack[-1]
+        # A symlink placed by an untrusted user could point anywhere, and an
+        # untrusted parent could swap a trusted symlink for its own, so both
+        # the chain and the symlink's own position must be secure.
+        unsafe = parent.reason or entry_reason(
+            parent.path, parent.shared_sticky, name, st.st_uid, self.trusted
+        )
+        if unsafe is None and st.st_uid not in self.trusted:
+            unsafe = f"the symlink is owned by uid {st.st_uid}"
+        if unsafe is not None:
+            raise UnsafeSymlink(
+                self.display,
+                f"{path} is a symlink owned by uid {st.st_uid} "
+                f"in an unsafe location ({unsafe}); refusing to follow it",
+            )
+        self.expansions += 1
+        if self.expansions > MAX_SYMLINKS:
+            raise PidfileError(
+                self.display,
+                f"more than {MAX_SYMLINKS} symlinks while resolving {path}",
+                errno.ELOOP,
+            )
+        target = os.readlink(name, dir_fd=parent.fd)
+        if target.startswith("/"):
+            self.enter_root()
+        pending[:0] = _split(target)
+
+    def walk(self, components: list[str]) -> None:
+        pending = list(components)
+        while pending:
+            name = pending.pop(0)
+            if name == "..":
+                if len(self.stack) > 1:
+                    os.close(self.stack.pop().fd)
+            else:
+                self.enter(name, pending)
+
+
+def _split(text: str) -> list[str]:
+    return [part for part in text.split("/") if part not in ("", ".")]
+
+
+def _display_path(path: PathArg) -> str:
+    text = os.fspath(path)
+    if not isinstance(text, str):
+        raise TypeError(
+            f"PID file path must be str or os.PathLike[str], not {type(text).__name__}"
+        )
+    return text
+
+
+def open_directory(
+    path: PathArg,
+    trusted_uids: Iterable[int] | None = None,
+    *,
+    display: str | None = None,
+) -> Directory:
+    """Resolve the directory `path` securely and return it with its verdict.
+
+    The caller owns the returned fd. Raises `PidfileMissing`,
+    `PidfilePermissionError`, `UnsafeSymlink` or `PidfileError` naming the
+    component that failed. Relative paths start at the current directory,
+    whose own ancestry is judged by walking its physical path from "/".
+    """
+    text = _display_path(path)
+    shown = text if display is None else display
+    require_support(shown)
+    if "\0" in text:
+        raise PidfileError(shown, "path contains a NUL byte", errno.EINVAL)
+    trusted = as_trusted(trusted_uids)
+    walk = _Walk(shown, trusted)
+    try:
+        walk.enter_root()
+        if not text.startswith("/"):
+            _enter_cwd(walk)
+        walk.walk(_split(text))
+        top = walk.stack.pop()
+        st = os.fstat(top.fd)
+    except BaseException:
+        walk.close()
+        raise
+    walk.close()
+    return Directory(
+        top.fd, top.path, top.reason, top.shared_sticky, st.st_dev, st.st_ino
+    )
+
+
+def _enter_cwd(walk: _Walk) -> None:
+    cwd = os.getcwd()
+    walk.walk(_split(cwd))
+    here = os.stat(".")
+    there = os.fstat(walk.stack[-1].fd)
+    if (here.st_dev, here.st_ino) != (there.st_dev, there.st_ino):
+        raise PidfileError(
+            walk.display,
+            f"the current directory moved away from {cwd} during resolution",
+            errno.EAGAIN,
+        )
+
+
+def rejudge_directory(
+    directory: Directory, st: os.stat_result, trusted: frozenset[int]
+) -> Directory:
+    """Return `directory` judged again from its current owner and mode.
+
+    The chain above it keeps its old verdict: only an fstat of the held fd
+    is available, and a directory found insecure stays insecure.
+    """
+    inherited = _Step(-1, "", directory.reason, False)
+    step = _judge_directory(st, directory.path, inherited, trusted)
+    return directory._replace(reason=step.reason, shared_sticky=step.shared_sticky)
+
+
+def split_leaf(path: PathArg) -> tuple[str, str, str]:
+    """Split `path` into (display path, directory part, final name).
+
+    Raises `PidfileNotRegular` when the path ends in "/", "." or "..",
+    because such a path can only name a directory.
+    """
+    display = _display_path(path)
+    head, _, name = display.rpartition("/")
+    if name in ("", ".", ".."):
+        raise PidfileNotRegular(display, "path names a directory, not a file")
+    if not head and display.startswith("/"):
+        head = "/"
+    return display, head or ".", name
+
+
+def open_parent(
+    path: PathArg, trusted_uids: Iterable[int] | None = None
+) -> tuple[Directory, str, str]:
+    """Resolve the directory holding `path`; return it, the name and display.
+
+    This is the one place where pidsafe opens the directory of a PID file:
+    reads, removals and holds all start here. The caller owns the fd.
+    """
+    display, head, name = split_leaf(path)
+    directory = open_directory(head, trusted_uids, display=display)
+    return directory, name, display
+
+
+def file_reason(
+    directory: Directory,
+    name: str,
+    st: os.stat_result,
+    trusted: frozenset[int],
+) -> str | None:
+    """Return the first reason the file is untrusted, or None if trusted."""
+    reason = directory.reason or entry_reason(
+        directory.path, directory.shared_sticky, name, st.st_uid, trusted
+    )
+    if reason is not None:
+        return reason
+    if st.st_uid not in trusted:
+        return f"file is owned by uid {st.st_uid}"
+    if st.st_mode & _WRITABLE_BY_OTHERS:
+        return f"file is writable by {_writers(st.st_mode)}"
+    if st.st_nlink != 1:
+        return f"file has {st.st_nlink} hard links"
+    return None
+
+
+def location_reason(
+    directory: Directory, name: str, uid: int, trusted: frozenset[int]
+) -> str | None:
+    """Return why nobody should act on entry `name` there, or None if safe."""
+    return directory.reason or entry_reason(
+        directory.path, directory.shared_sticky, name, uid, trusted
+    )

@@ -1,0 +1,155 @@
+"""The ``pidsafe`` command.
+
+Exit codes follow what init scripts expect. ``status`` uses the LSB codes:
+0 running, 1 dead but the file exists, 3 no file, 4 unknown or refused.
+``read`` exits 0 after printing the PID, 1 when the file cannot be read
+safely. ``clean`` exits 0 when the file was stale and removed or is absent,
+1 when it is in use, 4 when it was refused. Usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from ._errors import PidfileError
+from ._read import PidfileRecord, read_pidfile
+from ._status import Status, clean_pidfile, status
+
+
+def _print_json(data: dict[str, Any]) -> None:
+    print(json.dumps(data, sort_keys=True))
+
+
+def _record_json(record: PidfileRecord | None) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    return {
+        "pid": record.pid,
+        "uid": record.uid,
+        "mode": f"{record.mode:04o}",
+        "mtime": record.mtime,
+        "trusted": record.trusted,
+        "reason": record.reason,
+    }
+
+
+def _status_json(found: Status) -> dict[str, Any]:
+    return {
+        "path": found.path,
+        "state": found.state,
+        "pid": found.pid,
+        "reason": found.reason,
+        "exit_code": found.exit_code,
+        "file": _record_json(found.record),
+    }
+
+
+def _error(exc: PidfileError, as_json: bool) -> None:
+    if as_json:
+        _print_json(
+            {"path": exc.path, "error": type(exc).__name__, "reason": exc.reason}
+        )
+    print(f"pidsafe: {exc}", file=sys.stderr)
+
+
+def _run_read(args: argparse.Namespace) -> int:
+    try:
+        record = read_pidfile(args.path, strict=args.strict)
+    except PidfileError as exc:
+        _error(exc, args.json)
+        return 1
+    if args.json:
+        data = _record_json(record)
+        assert data is not None
+        _print_json({"path": record.path, **data})
+    else:
+        print(record.pid)
+    return 0
+
+
+def _describe(found: Status) -> str:
+    if found.state == "running":
+        trust = (
+            ""
+            if found.record is None or found.record.trusted
+            else (f" (untrusted file: {found.record.reason})")
+        )
+        return f"{found.path}: running, PID {found.pid}{trust}"
+    if found.pid is not None:
+        return f"{found.path}: {found.state}, PID {found.pid}: {found.reason}"
+    return f"{found.path}: {found.state}: {found.reason}"
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    found = status(args.path)
+    if args.json:
+        _print_json(_status_json(found))
+    else:
+        print(_describe(found))
+    return found.exit_code
+
+
+def _run_clean(args: argparse.Namespace) -> int:
+    try:
+        found = clean_pidfile(args.path)
+    except PidfileError as exc:
+        _error(exc, args.json)
+        return 4
+    removed = found.state == "stale"
+    if args.json:
+        _print_json({**_status_json(found), "removed": removed})
+    elif removed:
+        print(f"{found.path}: removed stale PID file ({found.reason})")
+    elif found.state == "absent":
+        print(f"{found.path}: no PID file")
+    else:
+        print(f"{found.path}: kept, {_describe(found).split(': ', 1)[1]}")
+    if removed or found.state == "absent":
+        return 0
+    return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser for the ``pidsafe`` command."""
+    parser = argparse.ArgumentParser(
+        prog="pidsafe",
+        description="Read, check and remove PID files safely.",
+    )
+    parser.add_argument("--version", action="version", version=f"pidsafe {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    read = commands.add_parser("read", help="print the PID in a PID file")
+    read.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail unless the file and its directories are trusted",
+    )
+    read.set_defaults(handler=_run_read)
+
+    check = commands.add_parser(
+        "status", help="report whether the recorded process is running"
+    )
+    check.set_defaults(handler=_run_status)
+
+    clean = commands.add_parser(
+        "clean", help="remove the PID file if its process is not running"
+    )
+    clean.set_defaults(handler=_run_clean)
+
+    for sub in (read, check, clean):
+        sub.add_argument("path", metavar="PATH", help="the PID file")
+        sub.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line `argv` and return the exit code."""
+    args = build_parser().parse_args(argv)
+    code: int = args.handler(args)
+    return code
