@@ -1,0 +1,76 @@
+"""Shared fixtures and capability-based skip markers.
+
+Every skip for a missing capability is declared here, with its reason. When
+the environment variable PIDSAFE_REQUIRE is set to a comma-separated list of
+capability names (CI sets it), a test that would skip for one of them fails
+instead, so a CI run cannot pass by silently skipping the attack tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+HAS_USERADD = (
+    shutil.which("useradd") is not None and shutil.which("userdel") is not None
+)
+HAS_PROCFS = os.path.exists("/proc/self/stat")
+HAS_PIDFD = hasattr(os, "pidfd_open")
+
+# name -> (available, reason shown when it is not)
+CAPABILITIES: dict[str, tuple[bool, str]] = {
+    "root": (IS_ROOT, "needs root to create users and files owned by them"),
+    "users": (
+        IS_ROOT and HAS_USERADD,
+        "needs root and useradd/userdel to run attacker steps as another user",
+    ),
+    "procfs": (HAS_PROCFS, "needs /proc for thread, zombie and start-time checks"),
+    "pidfd": (HAS_PIDFD, "needs os.pidfd_open (Linux 5.3+, Python 3.9+)"),
+    "linux": (sys.platform.startswith("linux"), "Linux-only behaviour"),
+}
+
+
+def _required() -> set[str]:
+    text = os.environ.get("PIDSAFE_REQUIRE", "")
+    return {name.strip() for name in text.split(",") if name.strip()}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, (_, reason) in CAPABILITIES.items():
+        config.addinivalue_line("markers", f"needs_{name}: {reason}")
+    unknown = _required() - CAPABILITIES.keys()
+    if unknown:
+        raise pytest.UsageError(
+            f"PIDSAFE_REQUIRE names unknown capabilities: {sorted(unknown)}"
+        )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    required = _required()
+    for marker in item.iter_markers():
+        if not marker.name.startswith("needs_"):
+            continue
+        name = marker.name[len("needs_") :]
+        available, reason = CAPABILITIES[name]
+        if available:
+            continue
+        if name in required:
+            pytest.fail(
+                f"capability {name!r} is missing but PIDSAFE_REQUIRE "
+                f"requires it: {reason}"
+            )
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def piddir(tmp_path: Path) -> Iterator[Path]:
+    """A private directory (mode 0700, owned by the caller) for PID files."""
+    directory = tmp_path / "run"
+    directory.mkdir(mode=0o700)
+    return directory
