@@ -31,6 +31,7 @@ from ._read import (
     remove_pidfile,
     unlink_pidfile_safely,
 )
+from ._runtime import RuntimeDirError, runtime_dir
 from ._status import Status, clean_pidfile, status
 
 __version__ = "0.1.0"
@@ -52,6 +53,7 @@ __all__ = [
     "PidfileRecord",
     "PidfileSymlink",
     "PidfileTooLarge",
+    "RuntimeDirError",
     "Status",
     "UnsafeSymlink",
     "UnsupportedPlatform",
@@ -63,6 +65,7 @@ __all__ = [
     "read_pidfile",
     "read_pidfile_safely",
     "remove_pidfile",
+    "runtime_dir",
     "status",
     "unlink_pidfile_safely",
 ]

@@ -4,7 +4,9 @@ Exit codes follow what init scripts expect. ``status`` uses the LSB codes:
 0 running, 1 dead but the file exists, 3 no file, 4 unknown or refused.
 ``read`` exits 0 after printing the PID, 1 when the file cannot be read
 safely. ``clean`` exits 0 when the file was stale and removed or is absent,
-1 when it is in use, 4 when it was refused. Usage errors exit 2.
+1 when it is in use, 4 when it was refused. ``runtime-dir`` exits 0 after
+printing the directory, 1 when no safe directory is available. Usage errors
+exit 2.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from . import __version__
 from ._errors import PidfileError
 from ._read import PidfileRecord, read_pidfile
+from ._runtime import runtime_dir
 from ._status import Status, clean_pidfile, status
 
 
@@ -114,6 +117,16 @@ def _run_clean(args: argparse.Namespace) -> int:
     return 1
 
 
+def _run_runtime_dir(args: argparse.Namespace) -> int:
+    try:
+        path = runtime_dir(args.app, env_var=args.env_var, create=not args.no_create)
+    except (PidfileError, ValueError) as exc:
+        print(f"pidsafe: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser for the ``pidsafe`` command."""
     parser = argparse.ArgumentParser(
@@ -141,6 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
         "clean", help="remove the PID file if its process is not running"
     )
     clean.set_defaults(handler=_run_clean)
+
+    runtime = commands.add_parser(
+        "runtime-dir", help="print (and create) a private runtime directory"
+    )
+    runtime.add_argument("app", metavar="APP", help="application name")
+    runtime.add_argument(
+        "--env-var",
+        metavar="NAME",
+        help="environment variable that overrides the directory when set",
+    )
+    runtime.add_argument(
+        "--no-create", action="store_true", help="fail instead of creating it"
+    )
+    runtime.set_defaults(handler=_run_runtime_dir)
 
     for sub in (read, check, clean):
         sub.add_argument("path", metavar="PATH", help="the PID file")
