@@ -131,9 +131,9 @@ def test_console_example(example: Example, tmp_path: Path) -> None:
         pytest.skip(example.skip_reason)
     work, run = _sandbox(tmp_path)
     env = {**os.environ, "PATH": f"{_bin_dir()}:{os.environ['PATH']}"}
-    for command in _commands(_rewrite(example.body, run)):
+    for command in _commands(example.body):
         done = subprocess.run(
-            ["sh", "-c", command.text],
+            ["sh", "-c", _rewrite(command.text, run)],
             cwd=work,
             env=env,
             stdout=subprocess.PIPE,
