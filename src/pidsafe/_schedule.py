@@ -6,8 +6,9 @@ seconds, or ``forever``. A signal is a name (``TERM``, ``SIGTERM`` or
 number of seconds (``30``) or a decimal fraction (``0.5``). ``forever``
 repeats the items after it until the process exits. A schedule that is one
 timeout ``N`` alone means ``SIG/N/KILL/N``, where SIG is the stop signal
-(TERM unless the caller chooses another). A bare number is always a timeout, as in start-stop-daemon, so a signal number needs its
-leading ``-``.
+(TERM unless the caller chooses another). A bare number is always a
+timeout, as in start-stop-daemon, so a signal number needs its leading
+``-``.
 """
 
 from __future__ import annotations
