@@ -370,9 +370,12 @@ def split_leaf(path: PathArg) -> tuple[str, str, str]:
     """Split `path` into (display path, directory part, final name).
 
     Raises `PidfileNotRegular` when the path ends in "/", "." or "..",
-    because such a path can only name a directory.
+    because such a path can only name a directory, and `PidfileError` when
+    it contains a NUL byte, which no file name can.
     """
     display = _display_path(path)
+    if "\0" in display:
+        raise PidfileError(display, "path contains a NUL byte", errno.EINVAL)
     head, _, name = display.rpartition("/")
     if name in ("", ".", ".."):
         raise PidfileNotRegular(display, "path names a directory, not a file")
