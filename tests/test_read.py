@@ -7,15 +7,14 @@ import os
 import pickle
 import socket
 import stat
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import pidsafe
+from bounded import call_bounded
 from child_process import python_child
 from pidsafe import (
     AlreadyRunning,
@@ -35,10 +34,6 @@ from pidsafe import (
     read_pidfile_safely,
 )
 
-#: Seconds a read may take before the test counts it as blocked. A read that
-#: does not block returns in well under a millisecond.
-BLOCK_LIMIT = 5.0
-
 #: Python code for a child that opens the FIFO argv[1] for writing (a reader
 #: must already be open), writes a PID into it, prints "ready" and keeps the
 #: write end open until its stdin closes.
@@ -49,32 +44,6 @@ os.write(fd, b"42\\n")
 print("ready", flush=True)
 sys.stdin.read()
 """
-
-
-def call_bounded(func: Callable[..., Any], *args: Any) -> Any:
-    """Call `func` in a thread and return its result or the exception it raised.
-
-    Fails the test when the call has not returned after BLOCK_LIMIT seconds.
-    The thread is a daemon, so a call stuck in open() or read() cannot keep
-    the test process alive.
-    """
-    outcome: list[Any] = []
-
-    def run() -> None:
-        try:
-            outcome.append(func(*args))
-        except BaseException as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    started = time.monotonic()
-    thread.start()
-    thread.join(BLOCK_LIMIT)
-    elapsed = time.monotonic() - started
-
-    assert not thread.is_alive(), f"{func.__name__} blocked for {BLOCK_LIMIT} s"
-    assert elapsed < BLOCK_LIMIT
-    return outcome[0]
 
 
 def assert_rejected(path: Path, error_type: type[PidfileError], reason: str) -> None:
