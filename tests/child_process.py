@@ -22,6 +22,13 @@ WAIT_LIMIT = 10.0
 #: a timeout (zombie state).
 POLL_INTERVAL = 0.01
 
+#: Python code for a child that prints "ready" and exits when its stdin closes.
+WAIT_FOR_STDIN = """
+import sys
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
 #: Python code for a child that takes an exclusive ``flock`` on argv[1],
 #: writes its own PID there when argv[2] is "write", prints "locked" and
 #: keeps the lock until its stdin closes.
@@ -127,7 +134,7 @@ def zombie() -> Iterator[int]:
         flags = os.WEXITED | os.WNOWAIT | os.WNOHANG
         while os.waitid(os.P_PID, child.pid, flags) is None:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"child {child.pid} did not exit")
+                raise TimeoutError(f"child {child.pid} did not exit in {WAIT_LIMIT} s")
             time.sleep(POLL_INTERVAL)
         yield child.pid
     finally:
