@@ -188,8 +188,37 @@ def _insert(parts: tuple[bytes, int, bytes]) -> bytes:
 # Mostly valid-looking contents, so that both outcomes are well exercised.
 _NEAR_VALID = st.from_regex(rb"\A[ \t]{0,4}[0-9]{1,12}[ \t]{0,4}(\r?\n)?\Z")
 _LONG_VALID = st.from_regex(rb"\A[ \t]{0,30}0{0,40}[0-9]{1,6}[ \t]{0,3}\n?\Z")
+
+# Short sequences of the bytes the grammar treats specially, so that corner
+# cases such as a bare "\r", "\n\n" or a blank after the newline come up
+# often.
+_TOKENS = st.lists(
+    st.sampled_from(
+        [
+            *(b" ", b"\t", b"0", b"1", b"7", b"\r", b"\n", b"\r\n"),
+            *(b"-", b"+", b"_", b"\0", b"\x0b", b"\x0c", b"x", ARABIC_INDIC_42),
+        ]
+    ),
+    max_size=10,
+).map(b"".join)
+
+# A number between a chosen prefix and a chosen ending, valid or not.
+_FRAMED = st.builds(
+    lambda prefix, number, ending: prefix + number + ending,
+    st.sampled_from([b"", b" ", b"\t", b" \t ", b"-", b"+", b"\0", b"\n"]),
+    st.integers(0, PID_MAX + 1).map(lambda n: b"%d" % n),
+    st.sampled_from(
+        [
+            *(b"", b"\n", b"\r\n", b" \n", b"\t\r\n", b"\r", b"\n\n", b"\r\r\n"),
+            *(b"\n\r", b"\n ", b"\0", b"\n\0", b" 1", b"\x0b"),
+        ]
+    ),
+)
+
 CONTENTS = st.one_of(
     st.binary(max_size=80),
+    _TOKENS,
+    _FRAMED,
     _NEAR_VALID,
     _LONG_VALID,
     st.tuples(_NEAR_VALID, st.integers(0, 20), st.binary(min_size=1, max_size=3)).map(
@@ -212,6 +241,20 @@ def test_grammar_matches_reference(piddir: Path, data: bytes) -> None:
     path = _write(piddir / "service.pid", data)
 
     assert read_pidfile_safely(path) == expected
+    if expected is None:
+        with pytest.raises(PidSyntaxError):
+            parse_pid(data)
+    else:
+        assert parse_pid(data) == expected
+
+
+# parse_pid needs no file, so it can afford many more examples of the
+# contents that sit close to the grammar's edges.
+@settings(max_examples=1500, deadline=None)
+@given(data=st.one_of(_FRAMED, _TOKENS))
+def test_parse_pid_matches_reference(data: bytes) -> None:
+    expected = reference_pid(data)
+
     if expected is None:
         with pytest.raises(PidSyntaxError):
             parse_pid(data)
