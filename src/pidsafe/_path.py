@@ -341,7 +341,18 @@ def open_directory(
 
 
 def _enter_cwd(walk: _Walk) -> None:
-    cwd = os.getcwd()
+    try:
+        cwd = os.getcwd()
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            raise PidfileMissing(
+                walk.display, "the current directory was removed"
+            ) from None
+        raise PidfileError(
+            walk.display,
+            f"cannot resolve the current directory: {exc.strerror}",
+            exc.errno,
+        ) from None
     walk.walk(_split(cwd))
     here = os.stat(".")
     there = os.fstat(walk.stack[-1].fd)
