@@ -32,6 +32,7 @@ from pidsafe import (
     UnsupportedPlatform,
     read_pidfile,
     read_pidfile_safely,
+    status,
 )
 
 #: Python code for a child that opens the FIFO argv[1] for writing (a reader
@@ -362,6 +363,25 @@ def test_relative_path_untrusted_cwd(
 
     assert record.trusted is False
     assert record.reason == f"directory {piddir} is writable by group and others"
+
+
+def test_relative_path_removed_cwd(
+    monkeypatch: pytest.MonkeyPatch, piddir: Path
+) -> None:
+    # getcwd() fails once the current directory is removed; the error must
+    # still name the path and the reason.
+    gone = piddir / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+
+    with pytest.raises(PidfileMissing) as caught:
+        read_pidfile("service.pid")
+
+    assert caught.value.path == "service.pid"
+    assert caught.value.reason == "the current directory was removed"
+    assert status("service.pid").state == "absent"
+    assert read_pidfile_safely("service.pid") is None
 
 
 @pytest.mark.parametrize(
