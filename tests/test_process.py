@@ -31,10 +31,6 @@ def test_own_pid_alive() -> None:
     assert is_alive(os.getpid()) is True
 
 
-def test_parent_pid_alive() -> None:
-    assert is_alive(os.getppid()) is True
-
-
 def test_running_child_alive() -> None:
     with python_child(WAIT_FOR_STDIN) as (child, line):
         assert line == "ready"
