@@ -65,9 +65,13 @@ def _strip_line_end(data: bytes) -> bytes:
     return data
 
 
-def _find_bad_byte(body: bytes) -> str:
-    """Name the first thing in `body` (blanks already stripped) that is wrong."""
-    for offset, value in enumerate(body):
+def _find_bad_byte(body: bytes, start: int) -> str:
+    """Name the first thing in `body` (blanks already stripped) that is wrong.
+
+    `start` is the offset of `body` in the file, so that reported offsets
+    count the leading blanks too.
+    """
+    for offset, value in enumerate(body, start):
         if value in _DIGITS:
             continue
         if value in _BLANKS:
@@ -95,12 +99,14 @@ def parse_pid(data: bytes | bytearray) -> int:
     if len(data) > MAX_PIDFILE_SIZE:
         raise PidSyntaxError(f"is larger than {MAX_PIDFILE_SIZE} bytes")
 
-    body = _strip_line_end(data).strip(_BLANKS)
+    line = _strip_line_end(data)
+    body = line.strip(_BLANKS)
     if not body:
         raise PidSyntaxError("contains no PID")
     # bytes.isdigit() is true for ASCII digits only, unlike str.isdigit().
     if not body.isdigit():
-        raise PidSyntaxError(_find_bad_byte(body))
+        start = len(line) - len(line.lstrip(_BLANKS))
+        raise PidSyntaxError(_find_bad_byte(body, start))
 
     pid = int(body)
     limit = pid_max()

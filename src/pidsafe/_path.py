@@ -341,7 +341,18 @@ def open_directory(
 
 
 def _enter_cwd(walk: _Walk) -> None:
-    cwd = os.getcwd()
+    try:
+        cwd = os.getcwd()
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            raise PidfileMissing(
+                walk.display, "the current directory was removed"
+            ) from None
+        raise PidfileError(
+            walk.display,
+            f"cannot resolve the current directory: {exc.strerror}",
+            exc.errno,
+        ) from None
     walk.walk(_split(cwd))
     here = os.stat(".")
     there = os.fstat(walk.stack[-1].fd)
@@ -370,9 +381,12 @@ def split_leaf(path: PathArg) -> tuple[str, str, str]:
     """Split `path` into (display path, directory part, final name).
 
     Raises `PidfileNotRegular` when the path ends in "/", "." or "..",
-    because such a path can only name a directory.
+    because such a path can only name a directory, and `PidfileError` when
+    it contains a NUL byte, which no file name can.
     """
     display = _display_path(path)
+    if "\0" in display:
+        raise PidfileError(display, "path contains a NUL byte", errno.EINVAL)
     head, _, name = display.rpartition("/")
     if name in ("", ".", ".."):
         raise PidfileNotRegular(display, "path names a directory, not a file")
