@@ -28,6 +28,7 @@ from pidsafe import (
     PidfileRecord,
     PidfileSymlink,
     PidfileTooLarge,
+    RuntimeDirError,
     UnsafeSymlink,
     UnsupportedPlatform,
     read_pidfile,
@@ -474,6 +475,7 @@ DEFAULT_ERRNOS: dict[type[PidfileError], int | None] = {
     AlreadyRunning: errno.EAGAIN,
     IdentityMismatch: errno.ESRCH,
     UnsupportedPlatform: errno.ENOSYS,
+    RuntimeDirError: errno.EPERM,
 }
 
 
