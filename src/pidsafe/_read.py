@@ -238,7 +238,15 @@ def remove_at(
     if reason is not None and st.st_uid != os.geteuid():
         raise InsecurePidfile(display, f"refusing to remove it: {reason}")
 
-    again = os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
+    # A user who may write the directory can also remove or rename the file
+    # between the two lstats.
+    try:
+        again = os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
+    except OSError as exc:
+        raise _leaf_error(exc, directory, name, display) from None
+    # NOTE: where others may write the directory, they can still swap the
+    # name after this check, and the unlink then removes their entry
+    # instead. unlinkat never follows a symlink, so a symlink's target stays.
     if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):
         raise PidfileError(
             display, "was replaced while being removed; left it", errno.EAGAIN
