@@ -60,9 +60,9 @@ def change_mode(path: str, mode: str) -> None:
 def restore_symlink(first: str, second: str, target: str) -> None:
     """Put a symlink to `target` back at `second` if neither name has one.
 
-    The victim's removal can unlink the symlink instead of its own file when
-    a flip lands between its last check and its unlink; the flip loop then
-    needs a symlink again to keep flipping.
+    A flip that lands between the victim's last check and its unlink makes
+    the victim unlink the symlink instead of its own file. The flip loop
+    then needs a new symlink to keep flipping.
     """
     if os.path.islink(first) or os.path.islink(second):
         return
@@ -94,20 +94,22 @@ def flip(first: str, second: str, seconds: float, target: str | None) -> int:
     return flips
 
 
-def read_pidfile(source_dir: str, path: str) -> dict[str, Any]:
-    """Call pidsafe.read_pidfile as this user; return the PID or the error."""
+def call_pidsafe(source_dir: str, function: str, path: str) -> dict[str, Any]:
+    """Call pidsafe's `function` on `path` as this user; return what it did."""
     sys.path.insert(0, source_dir)
     pidsafe = importlib.import_module("pidsafe")
 
     try:
-        record = pidsafe.read_pidfile(path)
+        result = getattr(pidsafe, function)(path)
     except pidsafe.PidfileError as exc:
         return {
             "error": type(exc).__name__,
             "message": str(exc),
             "errno": exc.errno,
         }
-    return {"pid": record.pid, "trusted": record.trusted}
+    if isinstance(result, pidsafe.PidfileRecord):
+        return {"pid": result.pid, "trusted": result.trusted}
+    return {"result": result}
 
 
 STEPS: dict[str, Callable[..., Any]] = {
@@ -119,7 +121,7 @@ STEPS: dict[str, Callable[..., Any]] = {
     "unlink": os.unlink,
     "exchange": exchange,
     "flip": flip,
-    "read_pidfile": read_pidfile,
+    "pidsafe": call_pidsafe,
 }
 
 

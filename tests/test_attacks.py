@@ -1,0 +1,548 @@
+"""Attacks on PID file paths, with the attacker's steps run as another user.
+
+The test process is root and plays the victim that calls pidsafe. Each
+attacker step runs as a throwaway unprivileged user in a child process
+(see ``_users.py``). Everything lives in a fresh directory under the system
+temp directory: ``base`` is owned by root with mode 0755, and
+``base/shared``, a sticky directory with mode 1777, plays the part of
+/tmp. A decoy PID file, owned by root in a directory only root may write,
+is what the attacker tries to make the victim read or remove.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import pytest
+
+import pidsafe
+import pidsafe._path
+import pidsafe._read
+import pidsafe._status
+from _users import (
+    SOURCE_DIR,
+    STEP_TIMEOUT,
+    User,
+    run_as,
+    unprivileged_users,
+)
+
+pytestmark = [pytest.mark.needs_users, pytest.mark.attack]
+
+REAL_PID = 1234
+DECOY_PID = 4321
+LEXICAL_PID = 2345
+
+
+class Sandbox(NamedTuple):
+    base: Path
+    shared: Path
+    attacker: User
+    other: User
+
+
+@pytest.fixture(scope="module")
+def users() -> Iterator[tuple[User, ...]]:
+    with unprivileged_users(2) as created:
+        yield created
+
+
+def _require_searchable(path: Path) -> None:
+    for directory in [path, *path.parents]:
+        if not directory.stat().st_mode & stat.S_IXOTH:
+            pytest.fail(
+                f"{directory} is not searchable by other users, so the attack "
+                f"tests cannot use {path}; set TMPDIR to a directory they can reach"
+            )
+
+
+@pytest.fixture
+def sandbox(users: tuple[User, ...]) -> Iterator[Sandbox]:
+    base = Path(os.path.realpath(tempfile.mkdtemp(prefix="pidsafe-attacks-")))
+    try:
+        base.chmod(0o755)
+        _require_searchable(base)
+        shared = make_dir(base / "shared", 0o1777)
+        yield Sandbox(base, shared, users[0], users[1])
+    finally:
+        shutil.rmtree(base)
+
+
+@pytest.fixture
+def dead_pid() -> int:
+    """A PID whose process has exited and been reaped."""
+    child = subprocess.Popen(["true"])
+    child.wait(timeout=STEP_TIMEOUT)
+    return child.pid
+
+
+def make_dir(path: Path, mode: int = 0o755) -> Path:
+    """Create a directory owned by root; chmod because mkdir applies umask."""
+    path.mkdir()
+    path.chmod(mode)
+    return path
+
+
+def write_pid(path: Path, pid: int, mode: int = 0o644) -> Path:
+    path.write_text(f"{pid}\n")
+    path.chmod(mode)
+    return path
+
+
+def make_decoy(sandbox: Sandbox) -> Path:
+    """Create base/decoy/app.pid, owned by root, containing DECOY_PID."""
+    return write_pid(make_dir(sandbox.base / "decoy") / "app.pid", DECOY_PID)
+
+
+def identity(path: Path) -> tuple[int, int, str]:
+    """Return what must not change about a file: device, inode, contents."""
+    st = os.stat(path, follow_symlinks=False)
+    return st.st_dev, st.st_ino, path.read_text()
+
+
+def attacker_dir(sandbox: Sandbox, name: str = "atk") -> Path:
+    """Let the attacker create a directory of its own, mode 0755, in shared."""
+    path = sandbox.shared / name
+    run_as(sandbox.attacker, ["mkdir", str(path), "0755"])
+    return path
+
+
+# Trusted and untrusted locations.
+
+
+def test_private_dir_file_trusted(sandbox: Sandbox) -> None:
+    # The other tests rely on base's own ancestry being secure.
+    path = write_pid(make_dir(sandbox.base / "run") / "app.pid", REAL_PID)
+
+    record = pidsafe.read_pidfile(path)
+
+    assert record.pid == REAL_PID
+    assert record.trusted is True
+    assert record.reason is None
+    assert pidsafe.read_pidfile_safely(path) == REAL_PID
+
+
+def test_symlink_parent_in_sticky_dir_rejected(sandbox: Sandbox) -> None:
+    decoy = make_decoy(sandbox)
+    decoy_before = identity(decoy)
+    link = sandbox.shared / "app"
+    path = link / "app.pid"
+    uid = sandbox.attacker.uid
+
+    # The attacker's own directory is read, but not trusted.
+    run_as(
+        sandbox.attacker,
+        ["mkdir", str(link), "0755"],
+        ["write", str(path), f"{REAL_PID}\n", "0644"],
+    )
+    assert pidsafe.read_pidfile(path).trusted is False
+
+    # Then it swaps the directory for a symlink to the decoy's directory.
+    run_as(
+        sandbox.attacker,
+        ["rename", str(link), str(sandbox.shared / "old")],
+        ["symlink", str(decoy.parent), str(link)],
+    )
+    with pytest.raises(pidsafe.UnsafeSymlink) as caught:
+        pidsafe.read_pidfile(path)
+
+    error = caught.value
+    assert error.path == str(path)
+    assert str(path) in str(error)
+    assert f"{link} is a symlink owned by uid {uid}" in error.reason
+    assert f"in the shared directory {sandbox.shared}" in error.reason
+    assert "refusing to follow it" in error.reason
+
+    assert pidsafe.read_pidfile_safely(path) is None
+    with pytest.raises(pidsafe.UnsafeSymlink):
+        pidsafe.read_pidfile(path, strict=True)
+    with pytest.raises(pidsafe.UnsafeSymlink):
+        pidsafe.remove_pidfile(path)
+    pidsafe.unlink_pidfile_safely(path)
+    with pytest.raises(pidsafe.UnsafeSymlink):
+        pidsafe.clean_pidfile(path)
+    assert pidsafe.status(path).state == "refused"
+    assert identity(decoy) == decoy_before
+
+
+def test_root_symlinks_in_secure_dir_followed(sandbox: Sandbox) -> None:
+    run = make_dir(sandbox.base / "run")
+    write_pid(run / "app.pid", REAL_PID)
+    var = make_dir(sandbox.base / "var")
+    (var / "run").symlink_to("../run")
+    (var / "run-absolute").symlink_to(run)
+
+    for link in ("run", "run-absolute"):
+        record = pidsafe.read_pidfile(var / link / "app.pid")
+
+        assert record.pid == REAL_PID
+        assert record.trusted is True, record.reason
+        assert record.reason is None
+        assert pidsafe.read_pidfile_safely(var / link / "app.pid") == REAL_PID
+
+
+def test_root_symlink_to_attacker_dir_untrusted(sandbox: Sandbox) -> None:
+    # Following a trusted symlink does not make its target trusted.
+    target = attacker_dir(sandbox)
+    run_as(
+        sandbox.attacker,
+        ["write", str(target / "app.pid"), f"{REAL_PID}\n", "0644"],
+    )
+    var = make_dir(sandbox.base / "var")
+    (var / "run").symlink_to(target)
+
+    record = pidsafe.read_pidfile(var / "run" / "app.pid")
+
+    assert record.pid == REAL_PID
+    assert record.trusted is False
+    assert record.reason == (
+        f"directory {target} is owned by uid {sandbox.attacker.uid}"
+    )
+
+
+def test_sticky_dir_own_file_trusted(sandbox: Sandbox) -> None:
+    path = write_pid(sandbox.shared / "app.pid", REAL_PID)
+
+    record = pidsafe.read_pidfile(path)
+
+    assert record.trusted is True, record.reason
+    assert record.reason is None
+    assert pidsafe.read_pidfile_safely(path) == REAL_PID
+
+
+# Each case builds an untrusted PID file containing `pid` and returns its path
+# and the reason pidsafe must give.
+UntrustedCase = Callable[[Sandbox, int], "tuple[Path, str]"]
+
+
+def sticky_dir_foreign_file(sandbox: Sandbox, pid: int) -> tuple[Path, str]:
+    path = sandbox.shared / "app.pid"
+    run_as(sandbox.attacker, ["write", str(path), f"{pid}\n", "0644"])
+    reason = (
+        f"{path} is owned by uid {sandbox.attacker.uid} "
+        f"in the shared directory {sandbox.shared}"
+    )
+    return path, reason
+
+
+def world_writable_dir(sandbox: Sandbox, pid: int) -> tuple[Path, str]:
+    directory = make_dir(sandbox.base / "open", 0o777)
+    path = write_pid(directory / "app.pid", pid)
+    return path, f"directory {directory} is writable by group and others"
+
+
+def group_writable_dir(sandbox: Sandbox, pid: int) -> tuple[Path, str]:
+    directory = make_dir(sandbox.base / "team", 0o775)
+    path = write_pid(directory / "app.pid", pid)
+    return path, f"directory {directory} is writable by group"
+
+
+def attacker_owned_dir(sandbox: Sandbox, pid: int) -> tuple[Path, str]:
+    directory = attacker_dir(sandbox)
+    path = directory / "app.pid"
+    run_as(sandbox.attacker, ["write", str(path), f"{pid}\n", "0644"])
+    return path, f"directory {directory} is owned by uid {sandbox.attacker.uid}"
+
+
+def world_writable_file(sandbox: Sandbox, pid: int) -> tuple[Path, str]:
+    path = write_pid(make_dir(sandbox.base / "run") / "app.pid", pid, 0o666)
+    return path, "file is writable by group and others"
+
+
+def foreign_file_in_private_dir(sandbox: Sandbox, pid: int) -> tuple[Path, str]:
+    path = write_pid(make_dir(sandbox.base / "run") / "app.pid", pid)
+    os.chown(path, sandbox.other.uid, sandbox.other.gid)
+    return path, f"file is owned by uid {sandbox.other.uid}"
+
+
+def hard_linked_file(sandbox: Sandbox, pid: int) -> tuple[Path, str]:
+    directory = make_dir(sandbox.base / "run")
+    path = write_pid(directory / "app.pid", pid)
+    os.link(path, directory / "second-name")
+    return path, "file has 2 hard links"
+
+
+UNTRUSTED_CASES: list[UntrustedCase] = [
+    sticky_dir_foreign_file,
+    world_writable_dir,
+    group_writable_dir,
+    attacker_owned_dir,
+    world_writable_file,
+    foreign_file_in_private_dir,
+    hard_linked_file,
+]
+
+
+@pytest.mark.parametrize("case", UNTRUSTED_CASES, ids=lambda case: case.__name__)
+def test_untrusted_file_read(sandbox: Sandbox, case: UntrustedCase) -> None:
+    path, reason = case(sandbox, REAL_PID)
+
+    record = pidsafe.read_pidfile(path)
+
+    assert record.pid == REAL_PID
+    assert record.trusted is False
+    assert record.reason == reason
+
+
+@pytest.mark.parametrize("case", UNTRUSTED_CASES, ids=lambda case: case.__name__)
+def test_untrusted_file_strict_raises(sandbox: Sandbox, case: UntrustedCase) -> None:
+    path, reason = case(sandbox, REAL_PID)
+
+    with pytest.raises(pidsafe.InsecurePidfile) as caught:
+        pidsafe.read_pidfile(path, strict=True)
+
+    assert type(caught.value) is pidsafe.InsecurePidfile
+    assert caught.value.path == str(path)
+    assert str(caught.value) == f"pid file {path}: is untrusted: {reason}"
+    assert pidsafe.read_pidfile_safely(path) is None
+
+
+@pytest.mark.parametrize("case", UNTRUSTED_CASES, ids=lambda case: case.__name__)
+def test_clean_keeps_untrusted_file(
+    sandbox: Sandbox, case: UntrustedCase, dead_pid: int
+) -> None:
+    path, reason = case(sandbox, dead_pid)
+    before = identity(path)
+
+    with pytest.raises(pidsafe.InsecurePidfile) as caught:
+        pidsafe.clean_pidfile(path)
+
+    assert caught.value.path == str(path)
+    assert caught.value.reason == f"refusing to clean it: {reason}"
+    assert identity(path) == before
+
+
+def test_clean_removes_trusted_stale_file(sandbox: Sandbox, dead_pid: int) -> None:
+    # The counterpart of the test above: the same stale file, trusted.
+    path = write_pid(make_dir(sandbox.base / "run") / "app.pid", dead_pid)
+
+    result = pidsafe.clean_pidfile(path)
+
+    assert result.state == "stale"
+    assert not path.exists()
+
+
+# Paths with "..": resolution is physical, as the kernel's.
+
+
+def test_dotdot_after_symlink_is_physical(sandbox: Sandbox) -> None:
+    elsewhere = make_dir(sandbox.base / "elsewhere")
+    make_dir(elsewhere / "sub")
+    write_pid(elsewhere / "app.pid", REAL_PID)
+    directory = make_dir(sandbox.base / "dir")
+    write_pid(directory / "app.pid", LEXICAL_PID)
+    (directory / "link").symlink_to(elsewhere / "sub")
+    (directory / "relative").symlink_to("../elsewhere/sub")
+
+    for link in ("link", "relative"):
+        path = directory / link / ".." / "app.pid"
+        record = pidsafe.read_pidfile(path)
+
+        assert record.pid == REAL_PID
+        assert record.trusted is True, record.reason
+        assert record.path == str(path)
+
+
+def test_dotdot_through_attacker_symlink_rejected(sandbox: Sandbox) -> None:
+    elsewhere = make_dir(sandbox.base / "elsewhere")
+    make_dir(elsewhere / "sub")
+    write_pid(elsewhere / "app.pid", REAL_PID)
+    write_pid(sandbox.shared / "app.pid", LEXICAL_PID)
+    own_dir = attacker_dir(sandbox)
+    in_shared = sandbox.shared / "link"
+    in_own_dir = own_dir / "link"
+    run_as(
+        sandbox.attacker,
+        ["symlink", str(elsewhere / "sub"), str(in_shared)],
+        ["symlink", str(elsewhere / "sub"), str(in_own_dir)],
+    )
+    uid = sandbox.attacker.uid
+    expected = {
+        in_shared: f"{in_shared} is owned by uid {uid} in the shared directory",
+        in_own_dir: f"directory {own_dir} is owned by uid {uid}",
+    }
+
+    for link, reason_part in expected.items():
+        path = link / ".." / "app.pid"
+        with pytest.raises(pidsafe.UnsafeSymlink) as caught:
+            pidsafe.read_pidfile(path)
+
+        assert caught.value.path == str(path)
+        assert f"{link} is a symlink owned by uid {uid}" in caught.value.reason
+        assert reason_part in caught.value.reason
+        assert pidsafe.read_pidfile_safely(path) is None
+
+
+# A victim that is not root.
+
+
+def test_unsearchable_dir_permission_error(sandbox: Sandbox) -> None:
+    # Root may search any directory, so the victim here is another user.
+    locked = make_dir(sandbox.base / "locked", 0o700)
+    write_pid(locked / "app.pid", REAL_PID)
+    make_dir(locked / "sub")
+    write_pid(locked / "sub" / "app.pid", REAL_PID)
+    leaf_path = locked / "app.pid"
+    nested_path = locked / "sub" / "app.pid"
+
+    results = run_as(
+        sandbox.other,
+        ["pidsafe", SOURCE_DIR, "read_pidfile", str(leaf_path)],
+        ["pidsafe", SOURCE_DIR, "read_pidfile", str(nested_path)],
+        ["pidsafe", SOURCE_DIR, "remove_pidfile", str(leaf_path)],
+    )
+
+    for path, result in zip((leaf_path, nested_path, leaf_path), results):
+        assert result["error"] == "PidfilePermissionError", result
+        assert result["message"] == (
+            f"pid file {path}: permission denied searching directory {locked}"
+        )
+    assert leaf_path.exists()
+
+
+def test_unreadable_file_permission_error(sandbox: Sandbox) -> None:
+    directory = make_dir(sandbox.base / "run")
+    path = write_pid(directory / "app.pid", REAL_PID, 0o600)
+
+    results = run_as(
+        sandbox.other,
+        ["pidsafe", SOURCE_DIR, "read_pidfile", str(path)],
+        ["pidsafe", SOURCE_DIR, "remove_pidfile", str(path)],
+    )
+
+    assert results[0]["error"] == "PidfilePermissionError", results[0]
+    assert results[0]["message"] == f"pid file {path}: permission denied opening it"
+    assert results[1]["error"] == "PidfilePermissionError", results[1]
+    assert results[1]["message"] == (
+        f"pid file {path}: permission denied removing it from directory {directory}"
+    )
+    assert path.exists()
+
+
+# Removal in untrusted locations.
+
+
+def test_attacker_dir_foreign_file_kept(sandbox: Sandbox) -> None:
+    path, reason = attacker_owned_dir(sandbox, REAL_PID)
+    before = identity(path)
+
+    pidsafe.unlink_pidfile_safely(path)
+    assert identity(path) == before
+
+    with pytest.raises(pidsafe.InsecurePidfile) as caught:
+        pidsafe.remove_pidfile(path)
+    assert caught.value.path == str(path)
+    assert caught.value.reason == f"refusing to remove it: {reason}"
+    assert identity(path) == before
+
+
+def test_attacker_dir_own_file_removed(sandbox: Sandbox) -> None:
+    # The caller's own file is its to remove, wherever it is.
+    path = write_pid(attacker_dir(sandbox) / "app.pid", REAL_PID)
+
+    pidsafe.unlink_pidfile_safely(path)
+
+    assert not path.exists()
+
+
+def test_world_writable_dir_foreign_file_kept(sandbox: Sandbox) -> None:
+    directory = make_dir(sandbox.base / "open", 0o777)
+    path = directory / "app.pid"
+    run_as(sandbox.attacker, ["write", str(path), f"{REAL_PID}\n", "0644"])
+    before = identity(path)
+
+    pidsafe.unlink_pidfile_safely(path)
+    assert identity(path) == before
+
+    with pytest.raises(pidsafe.InsecurePidfile) as caught:
+        pidsafe.remove_pidfile(path)
+    assert caught.value.path == str(path)
+    assert caught.value.reason == (
+        f"refusing to remove it: directory {directory} is writable by group and others"
+    )
+    assert identity(path) == before
+
+
+def test_sticky_dir_foreign_file_kept(sandbox: Sandbox, dead_pid: int) -> None:
+    path, reason = sticky_dir_foreign_file(sandbox, dead_pid)
+    before = identity(path)
+
+    pidsafe.unlink_pidfile_safely(path)
+    assert identity(path) == before
+
+    with pytest.raises(pidsafe.InsecurePidfile) as caught:
+        pidsafe.remove_pidfile(path)
+    assert caught.value.path == str(path)
+    assert caught.value.reason == f"refusing to remove it: {reason}"
+
+    with (
+        pidsafe.PidDirectory(sandbox.shared) as directory,
+        pytest.raises(pidsafe.InsecurePidfile),
+    ):
+        directory.remove(path.name)
+    with pytest.raises(pidsafe.InsecurePidfile):
+        pidsafe.clean_pidfile(path)
+    assert identity(path) == before
+
+
+# Trust granted by the caller.
+
+
+def test_trusted_uids_grant_trust(sandbox: Sandbox) -> None:
+    path, reason = attacker_owned_dir(sandbox, REAL_PID)
+    trusted = {0, os.geteuid(), sandbox.attacker.uid}
+
+    assert pidsafe.read_pidfile(path).reason == reason
+    record = pidsafe.read_pidfile(path, strict=True, trusted_uids=trusted)
+
+    assert record.pid == REAL_PID
+    assert record.trusted is True
+    assert record.reason is None
+
+
+def test_piddirectory_sees_attacker_chmod(sandbox: Sandbox) -> None:
+    path, _ = attacker_owned_dir(sandbox, REAL_PID)
+    directory = path.parent
+    trusted = {0, os.geteuid(), sandbox.attacker.uid}
+    before = identity(path)
+
+    with pidsafe.PidDirectory(directory, trusted_uids=trusted) as handle:
+        assert handle.read(path.name).trusted is True
+
+        run_as(sandbox.attacker, ["chmod", str(directory), "0777"])
+        record = handle.read(path.name)
+
+        assert record.trusted is False
+        assert record.reason == (
+            f"directory {directory} is writable by group and others"
+        )
+        with pytest.raises(pidsafe.InsecurePidfile):
+            handle.read(path.name, strict=True)
+        assert handle.read_safely(path.name) is None
+        with pytest.raises(pidsafe.InsecurePidfile):
+            handle.remove(path.name)
+    assert identity(path) == before
+
+
+def test_piddirectory_sees_root_chmod(sandbox: Sandbox) -> None:
+    directory = make_dir(sandbox.base / "run")
+    path = write_pid(directory / "app.pid", REAL_PID)
+
+    with pidsafe.PidDirectory(directory) as handle:
+        assert handle.read_safely(path.name) == REAL_PID
+
+        directory.chmod(0o777)
+        record = handle.read(path.name)
+
+        assert record.trusted is False
+        assert record.reason == (
+            f"directory {directory} is writable by group and others"
+        )
+        assert handle.read_safely(path.name) is None
