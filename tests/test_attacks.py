@@ -11,11 +11,13 @@ is what the attacker tries to make the victim read or remove.
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -30,8 +32,11 @@ from _users import (
     SOURCE_DIR,
     STEP_TIMEOUT,
     User,
+    finish,
     run_as,
+    started_as,
     unprivileged_users,
+    wait_for_line,
 )
 
 pytestmark = [pytest.mark.needs_users, pytest.mark.attack]
@@ -39,6 +44,13 @@ pytestmark = [pytest.mark.needs_users, pytest.mark.attack]
 REAL_PID = 1234
 DECOY_PID = 4321
 LEXICAL_PID = 2345
+
+#: Seconds the attacker flips names in a race test.
+RACE_SECONDS = 3.0
+#: Wall-clock bound on a whole race test, from the attacker's start.
+RACE_LIMIT = 10.0
+#: Flips below this mean the attacker barely ran and the race proved little.
+MIN_FLIPS = 100
 
 
 class Sandbox(NamedTuple):
@@ -546,3 +558,124 @@ def test_piddirectory_sees_root_chmod(sandbox: Sandbox) -> None:
             f"directory {directory} is writable by group and others"
         )
         assert handle.read_safely(path.name) is None
+
+
+# Races: the attacker flips names while the victim reads and removes.
+
+
+class RaceSite(NamedTuple):
+    path: Path  # the name the victim uses
+    first: Path  # the two names the attacker swaps
+    second: Path
+    decoy: Path
+    real_dir_fd: int  # where the victim recreates its own file
+
+
+def run_race(
+    sandbox: Sandbox, site: RaceSite, symlink_target: str | None
+) -> tuple[int, collections.Counter[str]]:
+    """Race the victim against the attacker's flips; return both tallies.
+
+    Checks after every round that the victim neither returned the decoy's
+    PID nor removed the decoy. The whole race, including the attacker's
+    start, stays within RACE_LIMIT seconds.
+    """
+    decoy_before = identity(site.decoy)
+    outcomes: collections.Counter[str] = collections.Counter()
+    start = time.monotonic()
+    flip = ["flip", str(site.first), str(site.second), RACE_SECONDS, symlink_target]
+
+    with started_as(sandbox.attacker, flip) as flipper:
+        wait_for_line(flipper, "ready", timeout=RACE_LIMIT / 2)
+        # Leave a second for collecting the attacker's result.
+        deadline = start + RACE_LIMIT - 1
+        while flipper.poll() is None and time.monotonic() < deadline:
+            outcomes[victim_round(site.path)] += 1
+            assert identity(site.decoy) == decoy_before, outcomes
+            recreate_pidfile(site.real_dir_fd, site.path.name)
+        remaining = start + RACE_LIMIT - time.monotonic()
+        [flips] = finish(flipper, sandbox.attacker, timeout=max(remaining, 0.1))
+
+    assert identity(site.decoy) == decoy_before
+    return flips, outcomes
+
+
+def victim_round(path: Path) -> str:
+    """Read, query, remove and clean `path` once; return what the read saw."""
+    try:
+        record = pidsafe.read_pidfile(path)
+    except pidsafe.PidfileError as exc:
+        outcome = type(exc).__name__
+    else:
+        assert record.pid == REAL_PID
+        assert record.trusted is False
+        outcome = "read"
+
+    assert pidsafe.read_pidfile_safely(path) is None
+    assert pidsafe.status(path).pid in (None, REAL_PID)
+    try:
+        pidsafe.remove_pidfile(path)
+    except pidsafe.PidfileError:
+        pass
+    try:
+        pidsafe.clean_pidfile(path)
+    except pidsafe.PidfileError:
+        pass
+    return outcome
+
+
+def recreate_pidfile(dir_fd: int, name: str) -> None:
+    """Write the victim's own file again through its directory's fd."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    try:
+        fd = os.open(name, flags, 0o644, dir_fd=dir_fd)
+    except FileExistsError:
+        return
+    try:
+        os.write(fd, f"{REAL_PID}\n".encode())
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.timeout(RACE_LIMIT + 10)
+def test_race_parent_dir_flips(sandbox: Sandbox) -> None:
+    decoy = make_decoy(sandbox)
+    own_dir = attacker_dir(sandbox)
+    real_dir = own_dir / "app"
+    link = own_dir / "link"
+    run_as(
+        sandbox.attacker,
+        ["mkdir", str(real_dir), "0755"],
+        ["symlink", str(decoy.parent), str(link)],
+    )
+    dir_fd = os.open(real_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        recreate_pidfile(dir_fd, "app.pid")
+        site = RaceSite(real_dir / "app.pid", real_dir, link, decoy, dir_fd)
+        flips, outcomes = run_race(sandbox, site, None)
+    finally:
+        os.close(dir_fd)
+
+    assert flips >= MIN_FLIPS, (flips, outcomes)
+    assert outcomes["read"] > 0, outcomes
+    assert outcomes["UnsafeSymlink"] > 0, outcomes
+
+
+@pytest.mark.timeout(RACE_LIMIT + 10)
+def test_race_file_flips(sandbox: Sandbox) -> None:
+    decoy = make_decoy(sandbox)
+    own_dir = attacker_dir(sandbox)
+    path = own_dir / "app.pid"
+    link = own_dir / "link"
+    run_as(sandbox.attacker, ["symlink", str(decoy), str(link)])
+    dir_fd = os.open(own_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        recreate_pidfile(dir_fd, path.name)
+        site = RaceSite(path, path, link, decoy, dir_fd)
+        flips, outcomes = run_race(sandbox, site, str(decoy))
+    finally:
+        os.close(dir_fd)
+
+    assert flips >= MIN_FLIPS, (flips, outcomes)
+    assert outcomes["read"] > 0, outcomes
+    assert outcomes["PidfileSymlink"] > 0, outcomes
