@@ -17,10 +17,11 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import pytest
 
@@ -51,6 +52,8 @@ RACE_SECONDS = 3.0
 RACE_LIMIT = 10.0
 #: Flips below this mean the attacker barely ran and the race proved little.
 MIN_FLIPS = 100
+#: Seconds a paused victim thread or the test waits on the other.
+SEAM_TIMEOUT = 10.0
 
 
 class Sandbox(NamedTuple):
@@ -679,3 +682,310 @@ def test_race_file_flips(sandbox: Sandbox) -> None:
     assert flips >= MIN_FLIPS, (flips, outcomes)
     assert outcomes["read"] > 0, outcomes
     assert outcomes["PidfileSymlink"] > 0, outcomes
+
+
+# Deterministic races: the victim pauses at one step while the attacker acts.
+
+
+class Pause:
+    """A seam that stops the victim thread at one call until released."""
+
+    def __init__(self) -> None:
+        self.reached = threading.Event()
+        self.release = threading.Event()
+
+    def after(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        """Return `function` that waits for the release after it returns."""
+
+        def paused(*args: Any, **kwargs: Any) -> Any:
+            result = function(*args, **kwargs)
+            self.wait()
+            return result
+
+        return paused
+
+    def before(
+        self, function: Callable[..., Any], matches: Callable[..., bool]
+    ) -> Callable[..., Any]:
+        """Return `function` that waits first when `matches` accepts the call.
+
+        Only the first matching call waits.
+        """
+
+        def paused(*args: Any, **kwargs: Any) -> Any:
+            if not self.reached.is_set() and matches(*args, **kwargs):
+                self.wait()
+            return function(*args, **kwargs)
+
+        return paused
+
+    def wait(self) -> None:
+        self.reached.set()
+        if not self.release.wait(SEAM_TIMEOUT):
+            raise TimeoutError("the test never released the paused victim")
+
+
+class OsWithSeam:
+    """Stand-in for the os module inside one pidsafe module."""
+
+    def __init__(self, **replacements: Callable[..., Any]) -> None:
+        self.replacements = replacements
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self.replacements:
+            return self.replacements[name]
+        return getattr(os, name)
+
+
+def run_paused(
+    call: Callable[[], Any], pause: Pause, attack: Callable[[], None]
+) -> Any:
+    """Run `call` in a thread, run `attack` while it is paused, return its result.
+
+    Re-raises whatever `call` raised, so `pytest.raises` works around it.
+    """
+    outcome: dict[str, Any] = {}
+
+    def victim() -> None:
+        try:
+            outcome["result"] = call()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=victim, daemon=True)
+    thread.start()
+    try:
+        assert pause.reached.wait(SEAM_TIMEOUT), "the victim never reached the seam"
+        attack()
+    finally:
+        pause.release.set()
+        thread.join(SEAM_TIMEOUT)
+    assert not thread.is_alive(), "the victim did not finish after the release"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("result")
+
+
+class SwapSite(NamedTuple):
+    path: Path  # the name the victim uses
+    original: Path  # the victim's file, after the swap
+    decoy: Path
+    swap: list[Any]  # the attacker's step
+    reason: str  # why the victim's file is untrusted
+
+
+def parent_swap_site(sandbox: Sandbox) -> SwapSite:
+    """Build an attacker directory whose "app" becomes a symlink on `swap`."""
+    decoy = make_decoy(sandbox)
+    own_dir = attacker_dir(sandbox)
+    real_dir = own_dir / "app"
+    link = own_dir / "link"
+    run_as(
+        sandbox.attacker,
+        ["mkdir", str(real_dir), "0755"],
+        ["symlink", str(decoy.parent), str(link)],
+    )
+    write_pid(real_dir / "app.pid", REAL_PID)
+    swap = ["exchange", str(real_dir), str(link)]
+    reason = f"directory {own_dir} is owned by uid {sandbox.attacker.uid}"
+    return SwapSite(real_dir / "app.pid", link / "app.pid", decoy, swap, reason)
+
+
+def paused_after_parent(
+    monkeypatch: pytest.MonkeyPatch, module: Any, sandbox: Sandbox, site: SwapSite
+) -> tuple[Pause, Callable[[], None]]:
+    pause = Pause()
+    monkeypatch.setattr(module, "open_parent", pause.after(module.open_parent))
+
+    def attack() -> None:
+        run_as(sandbox.attacker, site.swap)
+        # The kernel now resolves the victim's path to the decoy.
+        assert site.path.read_text() == site.decoy.read_text()
+
+    return pause, attack
+
+
+def test_parent_swap_before_read(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = parent_swap_site(sandbox)
+    decoy_before = identity(site.decoy)
+    pause, attack = paused_after_parent(monkeypatch, pidsafe._read, sandbox, site)
+
+    record = run_paused(lambda: pidsafe.read_pidfile(site.path), pause, attack)
+
+    assert record.pid == REAL_PID
+    assert record.reason == site.reason
+    assert identity(site.decoy) == decoy_before
+
+
+def test_parent_swap_before_strict_read(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = parent_swap_site(sandbox)
+    pause, attack = paused_after_parent(monkeypatch, pidsafe._read, sandbox, site)
+
+    def read() -> Any:
+        return pidsafe.read_pidfile(site.path, strict=True)
+
+    with pytest.raises(pidsafe.InsecurePidfile) as caught:
+        run_paused(read, pause, attack)
+    assert caught.value.reason == f"is untrusted: {site.reason}"
+
+
+def test_parent_swap_before_remove(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = parent_swap_site(sandbox)
+    decoy_before = identity(site.decoy)
+    pause, attack = paused_after_parent(monkeypatch, pidsafe._read, sandbox, site)
+
+    run_paused(lambda: pidsafe.remove_pidfile(site.path), pause, attack)
+
+    # The victim's own file went, through the directory it resolved.
+    assert not site.original.exists()
+    assert identity(site.decoy) == decoy_before
+
+
+def test_parent_swap_before_status(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = parent_swap_site(sandbox)
+    pause, attack = paused_after_parent(monkeypatch, pidsafe._status, sandbox, site)
+
+    result = run_paused(lambda: pidsafe.status(site.path), pause, attack)
+
+    assert result.pid == REAL_PID
+    assert result.record is not None
+    assert result.record.reason == site.reason
+
+
+def test_parent_swap_before_clean(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, dead_pid: int
+) -> None:
+    site = parent_swap_site(sandbox)
+    # A stale decoy is one that clean_pidfile would remove if it got there.
+    write_pid(site.decoy, dead_pid)
+    decoy_before = identity(site.decoy)
+    pause, attack = paused_after_parent(monkeypatch, pidsafe._status, sandbox, site)
+
+    with pytest.raises(pidsafe.InsecurePidfile) as caught:
+        run_paused(lambda: pidsafe.clean_pidfile(site.path), pause, attack)
+
+    assert caught.value.reason == f"refusing to clean it: {site.reason}"
+    assert identity(site.decoy) == decoy_before
+    assert site.original.exists()
+
+
+def is_lstat_of(name: str) -> Callable[..., bool]:
+    """Return a test for calls of os.stat(name, ..., follow_symlinks=False)."""
+
+    def matches(*args: Any, **kwargs: Any) -> bool:
+        return args[0] == name and kwargs.get("follow_symlinks") is False
+
+    return matches
+
+
+def vanishing_symlink_site(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, Pause, Callable[[], None]]:
+    """Pause the walk where its open of the attacker's "app" symlink failed.
+
+    The walk then lstats "app" to learn what it is. While the walk waits,
+    the attacker removes the symlink. Returns the path to use, the pause
+    and the attack.
+    """
+    decoy = make_decoy(sandbox)
+    link = attacker_dir(sandbox) / "app"
+    run_as(sandbox.attacker, ["symlink", str(decoy.parent), str(link)])
+    pause = Pause()
+    stat = pause.before(os.stat, is_lstat_of(link.name))
+    monkeypatch.setattr(pidsafe._path, "os", OsWithSeam(stat=stat))
+
+    def attack() -> None:
+        run_as(sandbox.attacker, ["unlink", str(link)])
+
+    return link / "app.pid", pause, attack
+
+
+def test_walk_symlink_removed_read(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, pause, attack = vanishing_symlink_site(sandbox, monkeypatch)
+
+    with pytest.raises(pidsafe.PidfileMissing) as caught:
+        run_paused(lambda: pidsafe.read_pidfile(path), pause, attack)
+
+    assert caught.value.path == str(path)
+    assert caught.value.reason == f"directory {path.parent} does not exist"
+
+
+def test_walk_symlink_removed_status(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # status() reports any problem with the path as a state and never raises.
+    path, pause, attack = vanishing_symlink_site(sandbox, monkeypatch)
+
+    result = run_paused(lambda: pidsafe.status(path), pause, attack)
+
+    assert result.state == "absent"
+
+
+def test_remove_file_moved_between_checks(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # remove_pidfile checks the victim's own file twice before unlinking it,
+    # and the attacker, who owns the directory, moves the file in between.
+    own_dir = attacker_dir(sandbox)
+    path = write_pid(own_dir / "app.pid", REAL_PID)
+    moved = own_dir / "moved.pid"
+    before = identity(path)
+    lstats: list[str] = []
+
+    def second_lstat(*args: Any, **kwargs: Any) -> bool:
+        if is_lstat_of(path.name)(*args, **kwargs):
+            lstats.append(args[0])
+        return len(lstats) == 2
+
+    def attack() -> None:
+        run_as(sandbox.attacker, ["rename", str(path), str(moved)])
+
+    pause = Pause()
+    stat = pause.before(os.stat, second_lstat)
+    monkeypatch.setattr(pidsafe._read, "os", OsWithSeam(stat=stat))
+
+    with pytest.raises(pidsafe.PidfileMissing) as caught:
+        run_paused(lambda: pidsafe.remove_pidfile(path), pause, attack)
+
+    assert caught.value.path == str(path)
+    assert caught.value.reason == "does not exist"
+    assert identity(moved) == before
+
+
+def test_remove_swap_before_unlink(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After the last check, the attacker replaces the victim's file with a
+    # symlink to the decoy. unlinkat removes the name, never its target.
+    decoy = make_decoy(sandbox)
+    decoy_before = identity(decoy)
+    own_dir = attacker_dir(sandbox)
+    path = write_pid(own_dir / "app.pid", REAL_PID)
+    moved = own_dir / "moved.pid"
+    before = identity(path)
+
+    def attack() -> None:
+        run_as(
+            sandbox.attacker,
+            ["rename", str(path), str(moved)],
+            ["symlink", str(decoy), str(path)],
+        )
+
+    pause = Pause()
+    unlink = pause.before(os.unlink, lambda *args, **kwargs: True)
+    monkeypatch.setattr(pidsafe._read, "os", OsWithSeam(unlink=unlink))
+
+    run_paused(lambda: pidsafe.remove_pidfile(path), pause, attack)
+
+    assert identity(decoy) == decoy_before
+    assert identity(moved) == before
