@@ -231,7 +231,12 @@ class _Walk:
         except OSError as exc:
             if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
                 raise _open_error(exc, path, parent.path, self.display) from None
-            st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+            # A user who may write the parent can remove or replace the entry
+            # after the failed open, so this lstat can fail as well.
+            try:
+                st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+            except OSError as lstat_exc:
+                raise _open_error(lstat_exc, path, parent.path, self.display) from None
             if not stat.S_ISLNK(st.st_mode):
                 raise _open_error(exc, path, parent.path, self.display) from None
             self.expand(name, path, st, pending)

@@ -47,6 +47,11 @@ _READ_FLAGS: Final = (
     | getattr(os, "O_CLOEXEC", 0)
 )
 
+# faccessat with AT_EACCESS judges the effective ids, as openat does.
+_CAN_TEST_SEARCH: Final = (
+    os.access in os.supports_dir_fd and os.access in os.supports_effective_ids
+)
+
 # Errors the silent API turns into None. ValueError covers bad PID values
 # and paths with NUL bytes; TypeError covers a path of the wrong type.
 _SILENT_ERRORS: Final = (OSError, ValueError, TypeError)
@@ -102,7 +107,7 @@ def _leaf_error(
     if exc.errno == errno.ENOENT:
         return PidfileMissing(display, "does not exist")
     if exc.errno in (errno.EACCES, errno.EPERM):
-        return PidfilePermissionError(display, "permission denied opening it")
+        return _permission_error(directory, display)
     if exc.errno in (errno.ENXIO, errno.EOPNOTSUPP):
         # Opening a socket fails with ENXIO (EOPNOTSUPP on the BSDs).
         try:
@@ -113,6 +118,18 @@ def _leaf_error(
             kind = describe_mode(st.st_mode)
             return PidfileNotRegular(display, f"is a {kind}, not a regular file")
     return PidfileError(display, f"cannot be opened: {exc.strerror}", exc.errno)
+
+
+def _permission_error(directory: Directory, display: str) -> PidfilePermissionError:
+    # openat fails with EACCES both for a file the caller may not read and
+    # in a directory the caller may not search, so ask which one it was.
+    if _CAN_TEST_SEARCH and not os.access(
+        ".", os.X_OK, dir_fd=directory.fd, effective_ids=True
+    ):
+        return PidfilePermissionError(
+            display, f"permission denied searching directory {directory.path}"
+        )
+    return PidfilePermissionError(display, "permission denied opening it")
 
 
 def read_capped(fd: int) -> bytes:
@@ -238,7 +255,15 @@ def remove_at(
     if reason is not None and st.st_uid != os.geteuid():
         raise InsecurePidfile(display, f"refusing to remove it: {reason}")
 
-    again = os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
+    # A user who may write the directory can also remove or rename the file
+    # between the two lstats.
+    try:
+        again = os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
+    except OSError as exc:
+        raise _leaf_error(exc, directory, name, display) from None
+    # NOTE: where others may write the directory, they can still swap the
+    # name after this check, and the unlink then removes their entry
+    # instead. unlinkat never follows a symlink, so a symlink's target stays.
     if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):
         raise PidfileError(
             display, "was replaced while being removed; left it", errno.EAGAIN
@@ -246,6 +271,13 @@ def remove_at(
     try:
         os.unlink(name, dir_fd=directory.fd)
     except OSError as exc:
+        # The lstats above succeeded, so the directory is searchable, and
+        # the unlink failed for lack of write permission or the sticky bit.
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise PidfilePermissionError(
+                display,
+                f"permission denied removing it from directory {directory.path}",
+            ) from None
         raise _leaf_error(exc, directory, name, display) from None
     logger.debug("removed PID file %s (inode %d)", display, st.st_ino)
 
