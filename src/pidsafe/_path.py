@@ -280,7 +280,15 @@ class _Walk:
                 f"more than {MAX_SYMLINKS} symlinks while resolving {path}",
                 errno.ELOOP,
             )
-        target = os.readlink(name, dir_fd=parent.fd)
+        try:
+            target = os.readlink(name, dir_fd=parent.fd)
+        except OSError as exc:
+            # The symlink was removed or replaced since it was examined.
+            raise PidfileError(
+                self.display,
+                f"{path} changed while being resolved: {exc.strerror}",
+                errno.EAGAIN,
+            ) from None
         if target.startswith("/"):
             self.enter_root()
         pending[:0] = _split(target)

@@ -209,5 +209,11 @@ def _unlink_locked(
         raise PidfileError(
             shown, "was replaced while being cleaned; left it", errno.EAGAIN
         )
-    os.unlink(name, dir_fd=directory.fd)
+    try:
+        os.unlink(name, dir_fd=directory.fd)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        reason = f"cannot remove it: {exc.strerror}"
+        raise PidfileError(shown, reason, exc.errno) from None
     logger.debug("removed stale PID file %s (inode %d)", shown, st.st_ino)
