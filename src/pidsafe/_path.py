@@ -195,6 +195,26 @@ def _open_error(exc: OSError, path: str, parent: str, display: str) -> PidfileEr
     )
 
 
+def _symlink_reason(
+    parent: _Step, path: str, uid: int, trusted: frozenset[int]
+) -> str | None:
+    """Return why the symlink `path` must not be followed, or None."""
+    owner = f"{path} is a symlink owned by uid {uid}"
+    if parent.reason is not None:
+        return (
+            f"{owner} on an unsafe path ({parent.reason}), so an untrusted "
+            "user could have planted it; refusing to follow it"
+        )
+    if uid not in trusted:
+        where = (
+            f"in the shared directory {parent.path}"
+            if parent.shared_sticky
+            else "who is not a trusted user"
+        )
+        return f"{owner} {where}; refusing to follow it"
+    return None
+
+
 class _Walk:
     """State of one resolution: a stack of open directory fds."""
 
@@ -262,17 +282,9 @@ class _Walk:
         # A symlink placed by an untrusted user could point anywhere, and an
         # untrusted parent could swap a trusted symlink for its own, so both
         # the chain and the symlink's own position must be secure.
-        unsafe = parent.reason or entry_reason(
-            parent.path, parent.shared_sticky, name, st.st_uid, self.trusted
-        )
-        if unsafe is None and st.st_uid not in self.trusted:
-            unsafe = f"the symlink is owned by uid {st.st_uid}"
+        unsafe = _symlink_reason(parent, path, st.st_uid, self.trusted)
         if unsafe is not None:
-            raise UnsafeSymlink(
-                self.display,
-                f"{path} is a symlink owned by uid {st.st_uid} "
-                f"in an unsafe location ({unsafe}); refusing to follow it",
-            )
+            raise UnsafeSymlink(self.display, unsafe)
         self.expansions += 1
         if self.expansions > MAX_SYMLINKS:
             raise PidfileError(
