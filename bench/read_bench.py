@@ -15,6 +15,12 @@ each with mode 0700, made fresh for each run. Contenders:
 * ``minimal at``: the same, but opened relative to a directory fd held for
   the whole run, as ``PidDirectory`` does.
 
+With ``--compare-src DIR``, the pidsafe package in ``DIR/pidsafe`` (such as
+an older commit's ``src``, unpacked with ``git archive``) is loaded beside
+the installed one and its two readers join the contenders, marked
+``(compared)``. That measures a change within one run instead of across two
+runs, whose difference the noise can swamp.
+
 The machines this runs on are shared and noisy, so each round times every
 contender once, in a shuffled order, and the tables report the median over
 rounds of each round's time ratio against the baseline timed in that round.
@@ -28,7 +34,9 @@ counts are per read. Every child does the same setup, whatever it times.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
+import importlib.util
 import os
 import pathlib
 import platform
@@ -41,6 +49,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from types import ModuleType
 from typing import NamedTuple
 
 import pidsafe
@@ -52,15 +61,10 @@ FILE_NAME = "bench.pid"
 READ_SIZE = 65
 MINIMAL_FLAGS = os.O_RDONLY | os.O_NOFOLLOW
 
-# Contender names in table order. The strace baseline "empty" is not listed.
-CONTENDERS = (
-    "read_pidfile",
-    "PidDirectory.read",
-    "pathlib",
-    "minimal",
-    "minimal at",
-)
 BASELINE = "minimal"
+# Loop body of the strace baseline, which the table does not show.
+EMPTY = "empty"
+COMPARED = " (compared)"
 
 
 class Tree(NamedTuple):
@@ -105,38 +109,71 @@ def minimal_read_at(name: str, dir_fd: int) -> int:
     return int(data)
 
 
-class Contenders:
-    """The functions under test, bound to one tree. close() releases the fds."""
+def load_compared(source: str) -> ModuleType:
+    """Import the pidsafe package under `source` as a module of its own."""
+    package = os.path.join(os.path.abspath(source), "pidsafe")
+    spec = importlib.util.spec_from_file_location(
+        "pidsafe_compared",
+        os.path.join(package, "__init__.py"),
+        submodule_search_locations=[package],
+    )
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"no pidsafe package found in {source}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
-    def __init__(self, tree: Tree) -> None:
-        self.piddir = pidsafe.PidDirectory(tree.directory)
+
+class Contenders:
+    """The functions under test, bound to one tree. close() releases the fds.
+
+    `calls` maps each contender's name, in table order, to a function that
+    reads the PID once. The strace baseline `EMPTY` comes last.
+    """
+
+    def __init__(self, tree: Tree, compared: ModuleType | None = None) -> None:
+        self.tree = tree
+        self.modules = [pidsafe] if compared is None else [pidsafe, compared]
+        self.piddirs = [module.PidDirectory(tree.directory) for module in self.modules]
         self.dir_fd = os.open(tree.directory, os.O_RDONLY | os.O_DIRECTORY)
+        self.calls: dict[str, Callable[[], object]] = {}
+        for module, piddir in zip(self.modules, self.piddirs):
+            suffix = "" if module is pidsafe else COMPARED
+            self.calls["read_pidfile" + suffix] = functools.partial(
+                module.read_pidfile, tree.path
+            )
+            self.calls["PidDirectory.read" + suffix] = functools.partial(
+                piddir.read, FILE_NAME
+            )
         path = tree.path
-        piddir = self.piddir
-        dir_fd = self.dir_fd
-        self.calls: dict[str, Callable[[], object]] = {
-            "read_pidfile": lambda: pidsafe.read_pidfile(path),
-            "PidDirectory.read": lambda: piddir.read(FILE_NAME),
-            "pathlib": lambda: int(pathlib.Path(path).read_text()),
-            "minimal": lambda: minimal_read(path),
-            "minimal at": lambda: minimal_read_at(FILE_NAME, dir_fd),
-            "empty": lambda: None,
-        }
+        self.calls["pathlib"] = lambda: int(pathlib.Path(path).read_text())
+        self.calls["minimal"] = functools.partial(minimal_read, path)
+        self.calls["minimal at"] = functools.partial(
+            minimal_read_at, FILE_NAME, self.dir_fd
+        )
+        self.calls[EMPTY] = lambda: None
+
+    @property
+    def names(self) -> list[str]:
+        """Names of the contenders shown in the table, in table order."""
+        return [name for name in self.calls if name != EMPTY]
 
     def check(self) -> None:
         """Fail loudly if any contender does not read the expected PID."""
         expected = int(PID_TEXT)
-        for name in CONTENDERS:
+        for name in self.names:
             result = self.calls[name]()
-            pid = result.pid if isinstance(result, pidsafe.PidfileRecord) else result
+            pid = getattr(result, "pid", result)
             if pid != expected:
                 raise SystemExit(f"{name} returned {result!r}, not {expected}")
-        record = pidsafe.read_pidfile(self.piddir.path + "/" + FILE_NAME)
+        record = pidsafe.read_pidfile(self.tree.path)
         if not record.trusted:
             raise SystemExit(f"benchmark file is untrusted: {record.reason}")
 
     def close(self) -> None:
-        self.piddir.close()
+        for piddir in self.piddirs:
+            piddir.close()
         os.close(self.dir_fd)
 
 
@@ -146,10 +183,10 @@ def time_batch(call: Callable[[], object], iterations: int) -> float:
     enabled = gc.isenabled()
     gc.disable()
     try:
-        start = time.perf_counter()
+        start = time.process_time()
         for _ in loop:
             call()
-        elapsed = time.perf_counter() - start
+        elapsed = time.process_time() - start
     finally:
         if enabled:
             gc.enable()
@@ -160,9 +197,9 @@ def time_rounds(
     contenders: Contenders, iterations: int, rounds: int, seed: int
 ) -> dict[str, list[float]]:
     """Time each contender once per round, in a shuffled order per round."""
-    order = list(CONTENDERS)
+    order = contenders.names
     shuffler = random.Random(seed)
-    times: dict[str, list[float]] = {name: [] for name in CONTENDERS}
+    times: dict[str, list[float]] = {name: [] for name in order}
     for name in order:  # a shorter warm-up round, not recorded
         time_batch(contenders.calls[name], max(1, iterations // 10))
     for _ in range(rounds):
@@ -184,7 +221,8 @@ def median_ratios(times: dict[str, list[float]], baseline: str) -> dict[str, flo
 def run_child(args: argparse.Namespace) -> None:
     """Strace child: set up as every child does, then loop one contender."""
     tree = Tree(args.tree_root, args.tree_dir, args.tree_path)
-    contenders = Contenders(tree)
+    compared = load_compared(args.compare_src) if args.compare_src else None
+    contenders = Contenders(tree, compared)
     contenders.check()
     call = contenders.calls[args.child]
     for _ in range(args.strace_iterations):
@@ -206,7 +244,9 @@ def parse_strace_summary(text: str) -> dict[str, int]:
     return counts
 
 
-def strace_counts(tree: Tree, child: str, iterations: int) -> dict[str, int]:
+def strace_counts(
+    tree: Tree, child: str, iterations: int, compare_src: str | None
+) -> dict[str, int]:
     """Run one strace child and return its syscall counts."""
     with tempfile.NamedTemporaryFile("r", suffix=".strace") as output:
         command = [
@@ -228,16 +268,21 @@ def strace_counts(tree: Tree, child: str, iterations: int) -> dict[str, int]:
             "--tree-path",
             tree.path,
         ]
+        if compare_src is not None:
+            command += ["--compare-src", compare_src]
         subprocess.run(command, check=True)
         return parse_strace_summary(output.read())
 
 
-def syscalls_per_read(tree: Tree, iterations: int) -> dict[str, dict[str, float]]:
+def syscalls_per_read(
+    contenders: Contenders, iterations: int, compare_src: str | None
+) -> dict[str, dict[str, float]]:
     """Return {contender: {syscall: calls per read}}, baseline subtracted."""
-    empty = strace_counts(tree, "empty", iterations)
+    tree = contenders.tree
+    empty = strace_counts(tree, EMPTY, iterations, compare_src)
     result = {}
-    for name in CONTENDERS:
-        counts = strace_counts(tree, name, iterations)
+    for name in contenders.names:
+        counts = strace_counts(tree, name, iterations, compare_src)
         per_read = {}
         for syscall in counts.keys() | empty.keys():
             extra = counts.get(syscall, 0) - empty.get(syscall, 0)
@@ -292,8 +337,8 @@ def print_table(
         "| time / pathlib | syscalls per read | syscalls by name |"
     )
     print("|---|---:|---:|---:|---:|---:|---|")
-    for name in CONTENDERS:
-        micros = statistics.median(times[name]) * 1e6
+    for name, series in times.items():
+        micros = statistics.median(series) * 1e6
         spread = quartiles(times, name, BASELINE)
         if syscalls is None:
             total, detail = "-", "not measured"
@@ -309,6 +354,10 @@ def print_table(
 def print_targets(times: dict[str, list[float]]) -> None:
     cold = median_ratios(times, "pathlib")["read_pidfile"]
     warm = median_ratios(times, BASELINE)["PidDirectory.read"]
+    for reader in ("read_pidfile", "PidDirectory.read"):
+        if reader + COMPARED in times:
+            change = median_ratios(times, reader + COMPARED)[reader]
+            print(f"{reader}, this tree / compared tree: {change:.3f}")
     print(
         f"Target 1, read_pidfile no slower than pathlib: "
         f"{cold:.2f}x pathlib, {'met' if cold <= 1.0 else 'missed'}."
@@ -347,14 +396,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--iterations",
         type=int,
-        default=2000,
-        help="calls per contender in each timed round (default: 2000)",
+        default=200,
+        help="calls per contender in each timed round (default: 200)",
     )
     parser.add_argument(
         "--rounds",
         type=int,
-        default=21,
-        help="timed rounds, over which the table reports medians (default: 21)",
+        default=201,
+        help="timed rounds, over which the table reports medians (default: 201)",
     )
     parser.add_argument(
         "--strace-iterations",
@@ -363,12 +412,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="calls per strace child, or 0 to skip counting syscalls (default: 1000)",
     )
     parser.add_argument(
+        "--compare-src",
+        metavar="DIR",
+        help="also time the pidsafe package in DIR/pidsafe, such as an older "
+        "commit's src unpacked with git archive",
+    )
+    parser.add_argument(
         "--seed", type=int, default=0, help="seed for the round order (default: 0)"
     )
     # Internal: run as an strace child.
-    parser.add_argument(
-        "--child", choices=(*CONTENDERS, "empty"), help=argparse.SUPPRESS
-    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--tree-root", help=argparse.SUPPRESS)
     parser.add_argument("--tree-dir", help=argparse.SUPPRESS)
     parser.add_argument("--tree-path", help=argparse.SUPPRESS)
@@ -388,17 +441,20 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.strace_iterations and shutil.which("strace") is None:
         raise SystemExit("strace not found: install it, or pass --strace-iterations 0")
+    compared = load_compared(args.compare_src) if args.compare_src else None
     tree = make_tree()
     try:
-        contenders = Contenders(tree)
+        contenders = Contenders(tree, compared)
         try:
             contenders.check()
             times = time_rounds(contenders, args.iterations, args.rounds, args.seed)
+            syscalls = None
+            if args.strace_iterations:
+                syscalls = syscalls_per_read(
+                    contenders, args.strace_iterations, args.compare_src
+                )
         finally:
             contenders.close()
-        syscalls = None
-        if args.strace_iterations:
-            syscalls = syscalls_per_read(tree, args.strace_iterations)
     finally:
         shutil.rmtree(tree.root)
     print_report(args, times, syscalls)
