@@ -133,6 +133,8 @@ class _Step(NamedTuple):
     path: str
     reason: str | None  # first reason the chain up to here is insecure
     shared_sticky: bool  # sticky and writable by others, like /tmp
+    dev: int  # st_dev and st_ino from the fstat that judged the directory
+    ino: int
 
 
 class Directory(NamedTuple):
@@ -162,7 +164,7 @@ def _judge_directory(
             reason = f"directory {path} is owned by uid {st.st_uid}"
         elif writable and not sticky:
             reason = f"directory {path} is writable by {_writers(st.st_mode)}"
-    return _Step(-1, path, reason, writable and sticky)
+    return _Step(-1, path, reason, writable and sticky, st.st_dev, st.st_ino)
 
 
 def entry_reason(
@@ -218,7 +220,7 @@ class _Walk:
         except BaseException:
             os.close(fd)
             raise
-        origin = _Step(-1, "/", None, False)
+        origin = _Step(-1, "/", None, False, 0, 0)
         root = _judge_directory(st, "/", origin, self.trusted)
         self.stack.append(root._replace(fd=fd))
 
@@ -330,22 +332,19 @@ def open_directory(
             _enter_cwd(walk)
         walk.walk(_split(text))
         top = walk.stack.pop()
-        st = os.fstat(top.fd)
     except BaseException:
         walk.close()
         raise
     walk.close()
-    return Directory(
-        top.fd, top.path, top.reason, top.shared_sticky, st.st_dev, st.st_ino
-    )
+    return Directory(top.fd, top.path, top.reason, top.shared_sticky, top.dev, top.ino)
 
 
 def _enter_cwd(walk: _Walk) -> None:
     cwd = os.getcwd()
     walk.walk(_split(cwd))
     here = os.stat(".")
-    there = os.fstat(walk.stack[-1].fd)
-    if (here.st_dev, here.st_ino) != (there.st_dev, there.st_ino):
+    there = walk.stack[-1]
+    if (here.st_dev, here.st_ino) != (there.dev, there.ino):
         raise PidfileError(
             walk.display,
             f"the current directory moved away from {cwd} during resolution",
@@ -361,7 +360,7 @@ def rejudge_directory(
     The chain above it keeps its old verdict: only an fstat of the held fd
     is available, and a directory found insecure stays insecure.
     """
-    inherited = _Step(-1, "", directory.reason, False)
+    inherited = _Step(-1, "", directory.reason, False, 0, 0)
     step = _judge_directory(st, directory.path, inherited, trusted)
     return directory._replace(reason=step.reason, shared_sticky=step.shared_sticky)
 
