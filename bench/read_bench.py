@@ -14,6 +14,10 @@ each with mode 0700, made fresh for each run. Contenders:
   does, and the baseline of every ratio.
 * ``minimal at``: the same, but opened relative to a directory fd held for
   the whole run, as ``PidDirectory`` does.
+* ``syscalls of read_pidfile`` and ``syscalls of PidDirectory.read``: the
+  system calls that each pidsafe reader makes on this file, in the same
+  order and with the same flags, but with no checks in between. They are
+  the floor that removing Python work alone can reach.
 
 With ``--compare-src DIR``, the pidsafe package in ``DIR/pidsafe`` (such as
 an older commit's ``src``, unpacked with ``git archive``) is loaded beside
@@ -22,8 +26,10 @@ the installed one and its two readers join the contenders, marked
 runs, whose difference the noise can swamp.
 
 The machines this runs on are shared and noisy, so each round times every
-contender once, in a shuffled order, and the tables report the median over
+contender once, in a shuffled order, and the table reports the median over
 rounds of each round's time ratio against the baseline timed in that round.
+Times are the process's CPU time, which leaves out time spent running other
+processes.
 
 System calls are counted with ``strace -f -c`` on a child process per
 contender that runs the loop ``--strace-iterations`` times. A child whose
@@ -60,6 +66,9 @@ DEPTH = 4
 FILE_NAME = "bench.pid"
 READ_SIZE = 65
 MINIMAL_FLAGS = os.O_RDONLY | os.O_NOFOLLOW
+# The flags pidsafe opens directories and PID files with, for the floors.
+DIRECTORY_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+LEAF_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 BASELINE = "minimal"
 # Loop body of the strace baseline, which the table does not show.
@@ -109,6 +118,41 @@ def minimal_read_at(name: str, dir_fd: int) -> int:
     return int(data)
 
 
+def read_leaf_syscalls(name: str, dir_fd: int) -> int:
+    """Open, fstat and read `name` as pidsafe does, with no checks."""
+    fd = os.open(name, LEAF_FLAGS, dir_fd=dir_fd)
+    try:
+        os.fstat(fd)
+        data = os.read(fd, READ_SIZE)
+        os.read(fd, READ_SIZE - len(data))  # pidsafe reads on to end of file
+    finally:
+        os.close(fd)
+    return int(data)
+
+
+def read_pidfile_syscalls(components: list[str], name: str) -> int:
+    """Make read_pidfile's system calls for an absolute path, no checks."""
+    os.geteuid()
+    fd = os.open("/", DIRECTORY_FLAGS)
+    os.fstat(fd)
+    opened = [fd]
+    try:
+        for component in components:
+            fd = os.open(component, DIRECTORY_FLAGS, dir_fd=fd)
+            opened.append(fd)
+            os.fstat(fd)
+        return read_leaf_syscalls(name, fd)
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
+def piddir_read_syscalls(name: str, dir_fd: int) -> int:
+    """Make PidDirectory.read's system calls, with no checks."""
+    os.fstat(dir_fd)
+    return read_leaf_syscalls(name, dir_fd)
+
+
 def load_compared(source: str) -> ModuleType:
     """Import the pidsafe package under `source` as a module of its own."""
     package = os.path.join(os.path.abspath(source), "pidsafe")
@@ -151,6 +195,12 @@ class Contenders:
         self.calls["minimal"] = functools.partial(minimal_read, path)
         self.calls["minimal at"] = functools.partial(
             minimal_read_at, FILE_NAME, self.dir_fd
+        )
+        self.calls["syscalls of read_pidfile"] = functools.partial(
+            read_pidfile_syscalls, tree.directory.strip("/").split("/"), FILE_NAME
+        )
+        self.calls["syscalls of PidDirectory.read"] = functools.partial(
+            piddir_read_syscalls, FILE_NAME, self.dir_fd
         )
         self.calls[EMPTY] = lambda: None
 
