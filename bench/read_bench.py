@@ -156,13 +156,17 @@ def piddir_read_syscalls(name: str, dir_fd: int) -> int:
 def load_compared(source: str) -> ModuleType:
     """Import the pidsafe package under `source` as a module of its own."""
     package = os.path.join(os.path.abspath(source), "pidsafe")
+    init = os.path.join(package, "__init__.py")
+    if not os.path.isfile(init):
+        raise SystemExit(
+            f"--compare-src: {init} not found. Pass the directory that "
+            "contains the pidsafe package, such as an unpacked src"
+        )
     spec = importlib.util.spec_from_file_location(
-        "pidsafe_compared",
-        os.path.join(package, "__init__.py"),
-        submodule_search_locations=[package],
+        "pidsafe_compared", init, submodule_search_locations=[package]
     )
     if spec is None or spec.loader is None:
-        raise SystemExit(f"no pidsafe package found in {source}")
+        raise SystemExit(f"--compare-src: cannot import {init}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -470,11 +474,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed for the round order (default: 0)"
     )
+
     # Internal: run as an strace child.
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--tree-root", help=argparse.SUPPRESS)
     parser.add_argument("--tree-dir", help=argparse.SUPPRESS)
     parser.add_argument("--tree-path", help=argparse.SUPPRESS)
+
     args = parser.parse_args(argv)
     if args.iterations < 1 or args.rounds < 1 or args.strace_iterations < 0:
         parser.error(
