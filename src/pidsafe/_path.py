@@ -133,6 +133,8 @@ class _Step(NamedTuple):
     path: str
     reason: str | None  # first reason the chain up to here is insecure
     shared_sticky: bool  # sticky and writable by others, like /tmp
+    dev: int  # st_dev and st_ino from the fstat that judged the directory
+    ino: int
 
 
 class Directory(NamedTuple):
@@ -151,18 +153,27 @@ def _join(parent: str, name: str) -> str:
 
 
 def _judge_directory(
-    st: os.stat_result, path: str, parent: _Step, trusted: frozenset[int]
+    fd: int,
+    st: os.stat_result,
+    path: str,
+    reason: str | None,
+    trusted: frozenset[int],
 ) -> _Step:
-    """Return the walk state after entering the directory described by `st`."""
-    reason = parent.reason
-    writable = bool(st.st_mode & _WRITABLE_BY_OTHERS)
-    sticky = bool(st.st_mode & stat.S_ISVTX)
+    """Return the walk step for directory `fd`, whose fstat is `st`.
+
+    `reason` is the verdict on the chain above it. A chain already found
+    insecure keeps its first reason.
+    """
+    mode = st.st_mode
+    writable = mode & _WRITABLE_BY_OTHERS
+    sticky = mode & stat.S_ISVTX
     if reason is None:
         if st.st_uid not in trusted:
             reason = f"directory {path} is owned by uid {st.st_uid}"
         elif writable and not sticky:
-            reason = f"directory {path} is writable by {_writers(st.st_mode)}"
-    return _Step(-1, path, reason, writable and sticky)
+            reason = f"directory {path} is writable by {_writers(mode)}"
+    shared_sticky = bool(writable and sticky)
+    return _Step(fd, path, reason, shared_sticky, st.st_dev, st.st_ino)
 
 
 def entry_reason(
@@ -234,13 +245,11 @@ class _Walk:
         self.close()
         fd = os.open("/", _DIR_FLAGS)
         try:
-            st = os.fstat(fd)
+            root = _judge_directory(fd, os.fstat(fd), "/", None, self.trusted)
         except BaseException:
             os.close(fd)
             raise
-        origin = _Step(-1, "/", None, False)
-        root = _judge_directory(st, "/", origin, self.trusted)
-        self.stack.append(root._replace(fd=fd))
+        self.stack.append(root)
 
     def enter(self, name: str, pending: list[str]) -> None:
         """Step into `name`, or expand it onto `pending` if it is a symlink."""
@@ -261,18 +270,22 @@ class _Walk:
                 raise _open_error(exc, path, parent.path, self.display) from None
             self.expand(name, path, st, pending)
             return
+        # Build each step once, because this runs for every directory of every
+        # cold read, and NamedTuple._replace takes longer than the fstat does
+        # (1.2 against 0.8 µs on CPython 3.11, on the bench/README.md machine).
         try:
             st = os.fstat(fd)
-            step = _judge_directory(st, path, parent, self.trusted)
-            sticky_reason = entry_reason(
-                parent.path, parent.shared_sticky, name, st.st_uid, self.trusted
-            )
+            step = _judge_directory(fd, st, path, parent.reason, self.trusted)
+            if step.reason is None and parent.shared_sticky:
+                sticky_reason = entry_reason(
+                    parent.path, True, name, st.st_uid, self.trusted
+                )
+                if sticky_reason is not None:
+                    step = step._replace(reason=sticky_reason)
         except BaseException:
             os.close(fd)
             raise
-        if step.reason is None and sticky_reason is not None:
-            step = step._replace(reason=sticky_reason)
-        self.stack.append(step._replace(fd=fd))
+        self.stack.append(step)
 
     def expand(
         self, name: str, path: str, st: os.stat_result, pending: list[str]
@@ -355,14 +368,11 @@ def open_directory(
             _enter_cwd(walk)
         walk.walk(_split(text))
         top = walk.stack.pop()
-        st = os.fstat(top.fd)
     except BaseException:
         walk.close()
         raise
     walk.close()
-    return Directory(
-        top.fd, top.path, top.reason, top.shared_sticky, st.st_dev, st.st_ino
-    )
+    return Directory(top.fd, top.path, top.reason, top.shared_sticky, top.dev, top.ino)
 
 
 def _enter_cwd(walk: _Walk) -> None:
@@ -380,8 +390,8 @@ def _enter_cwd(walk: _Walk) -> None:
         ) from None
     walk.walk(_split(cwd))
     here = os.stat(".")
-    there = os.fstat(walk.stack[-1].fd)
-    if (here.st_dev, here.st_ino) != (there.st_dev, there.st_ino):
+    there = walk.stack[-1]
+    if (here.st_dev, here.st_ino) != (there.dev, there.ino):
         raise PidfileError(
             walk.display,
             f"the current directory moved away from {cwd} during resolution",
@@ -397,8 +407,7 @@ def rejudge_directory(
     The chain above it keeps its old verdict: only an fstat of the held fd
     is available, and a directory found insecure stays insecure.
     """
-    inherited = _Step(-1, "", directory.reason, False)
-    step = _judge_directory(st, directory.path, inherited, trusted)
+    step = _judge_directory(directory.fd, st, directory.path, directory.reason, trusted)
     return directory._replace(reason=step.reason, shared_sticky=step.shared_sticky)
 
 
