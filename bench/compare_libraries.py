@@ -367,7 +367,7 @@ INPUTS = [
         lambda path, helpers: _write(path, f"{helpers.zombie.pid}\n"),
     ),
     HostileInput(
-        "recycled PID: a live process that started after the file's mtime",
+        "recycled PID: live process started after the file's mtime",
         _make_recycled,
     ),
 ]
