@@ -70,15 +70,23 @@ def is_alive(pid: int) -> bool:
     outside 1..pid_max, so that 0 and negative numbers never reach ``kill``.
     """
     validate_pid(pid)
+    if not _exists(pid):
+        return False
+    if not procfs_available():
+        return True
+    status = read_proc_status(pid)
+    if status is None:
+        # /proc mounted with hidepid=2 hides other users' processes, so a
+        # missing entry means dead only if the process is gone by now.
+        return _exists(pid)
+    return status.tgid == pid and status.state != "Z"
+
+
+def _exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass
-    if not procfs_available():
-        return True
-    status = read_proc_status(pid)
-    if status is None:
-        return False
-    return status.tgid == pid and status.state != "Z"
+    return True
