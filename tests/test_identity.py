@@ -1,4 +1,4 @@
-"""Tests for process liveness and identity.
+"""Tests for process liveness and identity, and how status and clean use them.
 
 A PID names its writer only if the process started before the file was last
 written and the file was written during the current boot. These tests make
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+import pidsafe
 from pidsafe import _process
 from pidsafe._process import (
     PSUTIL_SLACK_NS,
@@ -191,6 +192,115 @@ def test_no_start_time_source(monkeypatch: pytest.MonkeyPatch) -> None:
     assert check.reason is not None
     assert "psutil" in check.reason
     assert not check.stale
+
+
+# --- status and clean ------------------------------------------------------------
+
+
+@pytest.mark.needs_procfs
+def test_status_recycled_pid(pidpath: Path, sleeper: tuple[int, int]) -> None:
+    pid, started_ns = sleeper
+    write_pidfile(pidpath, pid, started_ns - 5 * SECOND)
+    found = pidsafe.status(pidpath)
+    assert found.state == "stale"
+    assert found.pid == pid
+    assert found.reason == f"process {pid} started after the file was written"
+    assert found.exit_code == 1
+
+
+@pytest.mark.needs_procfs
+def test_status_live_writer(pidpath: Path, sleeper: tuple[int, int]) -> None:
+    pid, started_ns = sleeper
+    write_pidfile(pidpath, pid, started_ns + SECOND)
+    found = pidsafe.status(pidpath)
+    assert found.state == "running"
+    assert found.pid == pid
+    assert found.reason is None
+
+
+@pytest.mark.needs_procfs
+def test_status_file_before_boot(pidpath: Path, sleeper: tuple[int, int]) -> None:
+    pid, _ = sleeper
+    started = start_time(pid)
+    assert started is not None
+    write_pidfile(pidpath, pid, started.boot_ns - 60 * SECOND)
+    found = pidsafe.status(pidpath)
+    assert found.state == "stale"
+    assert found.reason == "the file was written before the last boot"
+
+
+@pytest.mark.needs_procfs
+def test_status_locked_file_is_running(pidpath: Path) -> None:
+    pid = dead_pid()
+    write_pidfile(pidpath, pid)
+    fd = lock_file(pidpath)
+    try:
+        found = pidsafe.status(pidpath)
+    finally:
+        os.close(fd)
+    assert found.state == "running"
+    assert found.pid == pid
+    assert found.reason == "lock is held"
+
+
+@pytest.mark.needs_procfs
+def test_status_empty_file(pidpath: Path) -> None:
+    pidpath.touch(mode=0o644)
+    unlocked = pidsafe.status(pidpath)
+    fd = lock_file(pidpath)
+    try:
+        locked = pidsafe.status(pidpath)
+    finally:
+        os.close(fd)
+    assert unlocked.state == "stale"
+    assert unlocked.reason == "is empty and not locked"
+    assert locked.state == "starting"
+    assert locked.exit_code == 0
+
+
+@pytest.mark.parametrize("contents", [b"", b"1\n", b"garbage\n"])
+def test_status_never_locks(
+    pidpath: Path, contents: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pidpath.write_bytes(contents)
+    pidpath.chmod(0o644)
+    calls: list[tuple[int, int]] = []
+
+    def record(fd: int, operation: int) -> None:
+        calls.append((fd, operation))
+
+    monkeypatch.setattr(fcntl, "flock", record)
+    pidsafe.status(pidpath)
+    assert calls == []
+
+
+@pytest.mark.needs_procfs
+def test_clean_keeps_live_writer(pidpath: Path, sleeper: tuple[int, int]) -> None:
+    pid, started_ns = sleeper
+    write_pidfile(pidpath, pid, started_ns + SECOND)
+    kept = pidsafe.clean_pidfile(pidpath)
+    assert kept.state == "running"
+    assert kept.pid == pid
+    assert pidpath.exists()
+
+
+@pytest.mark.needs_procfs
+def test_clean_removes_recycled_pid(pidpath: Path, sleeper: tuple[int, int]) -> None:
+    pid, started_ns = sleeper
+    write_pidfile(pidpath, pid, started_ns - 5 * SECOND)
+    removed = pidsafe.clean_pidfile(pidpath)
+    assert removed.state == "stale"
+    assert removed.reason == f"process {pid} started after the file was written"
+    assert not pidpath.exists()
+
+
+def test_clean_removes_dead_pid(pidpath: Path) -> None:
+    pid = dead_pid()
+    write_pidfile(pidpath, pid)
+    removed = pidsafe.clean_pidfile(pidpath)
+    assert removed.state == "stale"
+    assert removed.reason == f"process {pid} is not running"
+    assert not pidpath.exists()
 
 
 # --- liveness behind hidepid -----------------------------------------------------
