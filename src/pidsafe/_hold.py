@@ -278,7 +278,8 @@ def _check_unlocked(fd: int, st: os.stat_result, display: str) -> None:
     the last boot. A live process that started before the write is a
     writer that does not lock, and the file stays untouched.
     """
-    data = read_capped(fd)
+    # A file this process just created is empty, and fstat already shows it.
+    data = read_capped(fd) if st.st_size else b""
     if not data:
         logger.debug("taking over empty PID file %s", display)
         return
