@@ -754,6 +754,26 @@ def test_read_only_directory(public_dir: Path) -> None:
     assert report["exists"] is False
 
 
+@pytest.mark.needs_root
+def test_foreign_file_in_sticky_directory(public_dir: Path) -> None:
+    # Root plants the file; the starter runs as an unprivileged user.
+    sticky = public_dir / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    planted = sticky / "app.pid"
+    planted.write_text("1\n")
+    planted.chmod(0o644)
+    before = snapshot(planted)
+
+    result = run_worker("try-start", str(planted), str(unused_uid()))
+
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert report["error"] == "PidfilePermissionError", report
+    assert "it is owned by uid 0" in report["message"]
+    assert snapshot(planted) == before
+
+
 def in_mount_namespace(script: str) -> subprocess.CompletedProcess[str]:
     """Run the shell `script` as root in a private mount namespace."""
     return subprocess.run(

@@ -145,9 +145,6 @@ def _permission_reason(target: _Target) -> str:
     except OSError:
         return f"permission denied creating it in directory {target.directory.path}"
     if st.st_uid != os.geteuid():
-        # Also the message for fs.protected_regular, with which Linux
-        # rejects O_CREAT in a sticky directory on a file that neither the
-        # caller nor the directory's owner owns.
         return (
             f"permission denied opening it: it is owned by uid {st.st_uid}; "
             "remove it or choose another path"
@@ -161,6 +158,12 @@ def _open_pidfile(target: _Target, mode: int) -> tuple[int, bool]:
     Trying ``O_EXCL`` first distinguishes a file that this call created,
     and may remove on failure, from one that was already there. Never
     follows a symlink at the name.
+
+    An existing file is opened without ``O_CREAT``, so Linux's
+    fs.protected_regular, which rejects ``O_CREAT`` on another user's file
+    in a sticky directory, never applies. Such a file fails here with
+    EACCES, reported with its owner, or fails the owner check after the
+    open.
     """
     dir_fd = target.directory.fd
     for _ in range(MAX_ATTEMPTS):
