@@ -127,8 +127,8 @@ def _open_error(exc: OSError, target: _Target) -> PidfileError:
     if exc.errno == errno.EROFS:
         return PidfileError(
             display,
-            f"cannot create it: the file system holding {target.directory.path} "
-            "is read-only",
+            f"cannot open it for writing: the file system holding "
+            f"{target.directory.path} is read-only",
             exc.errno,
         )
     if exc.errno == errno.EISDIR:
