@@ -22,6 +22,7 @@ HAS_USERADD = (
 )
 HAS_PROCFS = os.path.exists("/proc/self/stat")
 HAS_PIDFD = hasattr(os, "pidfd_open")
+HAS_UNSHARE = shutil.which("unshare") is not None
 
 # name -> (available, reason shown when it is not)
 CAPABILITIES: dict[str, tuple[bool, str]] = {
@@ -33,6 +34,11 @@ CAPABILITIES: dict[str, tuple[bool, str]] = {
     "procfs": (HAS_PROCFS, "needs /proc for thread, zombie and start-time checks"),
     "pidfd": (HAS_PIDFD, "needs os.pidfd_open (Linux 5.3+, Python 3.9+)"),
     "linux": (sys.platform.startswith("linux"), "Linux-only behaviour"),
+    "mountns": (
+        IS_ROOT and HAS_UNSHARE,
+        "needs root and unshare(1) to mount file systems (a read-only bind, "
+        "a full tmpfs, /proc with hidepid) in a private mount namespace",
+    ),
 }
 
 

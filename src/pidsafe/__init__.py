@@ -1,9 +1,11 @@
-"""Read, check and remove PID files safely.
+"""Read, hold, check and remove PID files safely.
 
 pidsafe reads a PID file without following symlinks, opening anything but a
 regular file, blocking, or accepting anything but one PID in 1..pid_max; it
 judges the whole path by who could have written it; and it removes only the
-file it checked, by inode. See the README for the guarantees and their limits.
+file it checked, by inode. `PidFile` holds a PID file for a running service
+under an exclusive lock and tells a recycled PID from the file's writer.
+See the README for the guarantees and their limits.
 """
 
 from ._errors import (
@@ -20,6 +22,7 @@ from ._errors import (
     UnsafeSymlink,
     UnsupportedPlatform,
 )
+from ._hold import PidFile
 from ._parse import FALLBACK_PID_MAX, MAX_PIDFILE_SIZE, parse_pid, pid_max
 from ._path import AVOIDS_SYMLINK_ATTACKS, USES_O_PATH
 from ._process import is_alive
@@ -46,6 +49,7 @@ __all__ = [
     "InsecurePidfile",
     "InvalidPidfile",
     "PidDirectory",
+    "PidFile",
     "PidfileError",
     "PidfileMissing",
     "PidfileNotRegular",

@@ -27,12 +27,20 @@ def flock_held(st: os.stat_result) -> bool | None:
     Returns None when ``/proc/locks`` cannot be read. Waiters (lines marked
     ``->``) are not holders.
     """
+    return flock_held_at(st.st_dev, st.st_ino)
+
+
+def flock_held_at(dev: int, ino: int) -> bool | None:
+    """Return whether any process holds a ``flock`` on inode `ino` of `dev`.
+
+    Returns None when ``/proc/locks`` cannot be read, like `flock_held`.
+    """
     try:
         with open(_LOCKS_PATH, "rb") as stream:
             text = stream.read()
     except OSError:
         return None
-    wanted = _device_field(st.st_dev) + b":" + str(st.st_ino).encode()
+    wanted = _device_field(dev) + b":" + str(ino).encode()
     for line in text.splitlines():
         fields = line.split()
         # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF"; a waiter has

@@ -1,4 +1,4 @@
-"""Process liveness.
+"""Process liveness and identity.
 
 ``kill(pid, 0)`` says whether a PID exists, not whether it is a live process:
 on Linux it also succeeds for a thread ID (the kernel accepts any task ID)
@@ -6,15 +6,23 @@ and for a zombie that has exited but not been reaped. Where ``/proc`` is
 mounted, both are checked there. Liveness fails closed: any error other
 than ESRCH (no such process) and EPERM (exists, owned by another user) is
 raised, never read as "dead".
+
+Identity answers whether a live process can be the one that wrote a PID
+file, because a PID is reused once its process has exited: see
+`check_writer`.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import os
-from typing import NamedTuple
+import time
+from typing import Final, Literal, NamedTuple
 
 from ._parse import pid_max
+
+_HAS_BOOTTIME: Final = hasattr(time, "CLOCK_BOOTTIME")
 
 
 class ProcStatus(NamedTuple):
@@ -70,15 +78,170 @@ def is_alive(pid: int) -> bool:
     outside 1..pid_max, so that 0 and negative numbers never reach ``kill``.
     """
     validate_pid(pid)
+    if not _exists(pid):
+        return False
+    if not procfs_available():
+        return True
+    status = read_proc_status(pid)
+    if status is None:
+        # /proc mounted with hidepid=2 hides other users' processes, so a
+        # missing entry means dead only if the process is gone by now.
+        return _exists(pid)
+    return status.tgid == pid and status.state != "Z"
+
+
+def _exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass
-    if not procfs_available():
-        return True
-    status = read_proc_status(pid)
-    if status is None:
-        return False
-    return status.tgid == pid and status.state != "Z"
+    return True
+
+
+# Process identity: can the live process with a file's PID be its writer?
+#
+# A process that wrote a file started before the file's last modification,
+# and a file modified before the current boot cannot name a process of this
+# boot. Both checks compare wall-clock times, so a clock step between the
+# write and the check can mislead them. A forward step makes the writer look
+# younger than its file (reported as a recycled PID). A backward step large
+# enough to make a recycled process look older than the file hides the reuse.
+
+#: Slack for start times from psutil, whose precision varies by platform.
+#: It errs towards "may be the writer", which never takes over a live file.
+PSUTIL_SLACK_NS: Final = 1_000_000_000
+
+WriterState = Literal["writer", "dead", "recycled", "before_boot", "unknown"]
+
+#: States in which the file's process is certainly not its live writer.
+STALE_STATES: Final[frozenset[str]] = frozenset(("dead", "recycled", "before_boot"))
+
+
+class StartTime(NamedTuple):
+    """When a process and the current boot started, in ns since the epoch."""
+
+    process_ns: int
+    boot_ns: int
+    slack_ns: int  # the comparison's tolerance for clock resolution
+
+
+class WriterCheck(NamedTuple):
+    """Whether a file's process is alive and can have written the file."""
+
+    state: WriterState
+    reason: str | None  # why the state was chosen; None for "writer"
+
+    @property
+    def stale(self) -> bool:
+        """Whether the file's process is certainly not its live writer."""
+        return self.state in STALE_STATES
+
+
+def parse_stat_start_ticks(data: bytes) -> int:
+    """Return field 22 (starttime, in clock ticks) of a ``/proc/<pid>/stat``.
+
+    Field 2 is the command name in parentheses, which may itself contain
+    spaces and ")", so the fields are counted from the last ")". Raises
+    ValueError when the text has no such field.
+    """
+    _, paren, rest = data.rpartition(b")")
+    fields = rest.split()
+    # After ")" come field 3 (state) onwards, so field 22 is index 19.
+    if not paren or len(fields) < 20:
+        raise ValueError("/proc/<pid>/stat has no starttime field")
+    return int(fields[19])
+
+
+def _boot_time_ns() -> int:
+    # CLOCK_BOOTTIME counts from boot and includes suspend, as the kernel's
+    # starttime does, so the difference is the boot's wall-clock time. Unlike
+    # /proc/stat's btime it is not rounded to whole seconds.
+    now = time.clock_gettime_ns(time.CLOCK_REALTIME)
+    since_boot = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    return now - since_boot
+
+
+def _procfs_start_time(pid: int) -> StartTime | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stream:
+            data = stream.read(4096)
+    except (FileNotFoundError, ProcessLookupError):
+        if _exists(pid):
+            return None  # hidden by the hidepid mount option of /proc
+        raise ProcessLookupError(pid) from None
+    ticks_per_second = os.sysconf("SC_CLK_TCK")
+    tick_ns = 1_000_000_000 // ticks_per_second
+    started = parse_stat_start_ticks(data) * 1_000_000_000 // ticks_per_second
+    boot_ns = _boot_time_ns()
+    return StartTime(boot_ns + started, boot_ns, tick_ns)
+
+
+def _psutil_start_time(pid: int) -> StartTime | None:
+    try:
+        psutil = importlib.import_module("psutil")
+    except ImportError:
+        return None
+    try:
+        created = float(psutil.Process(pid).create_time())
+        boot = float(psutil.boot_time())
+    except psutil.NoSuchProcess:
+        raise ProcessLookupError(pid) from None
+    except psutil.Error:
+        return None
+    return StartTime(int(created * 1e9), int(boot * 1e9), PSUTIL_SLACK_NS)
+
+
+def start_time(pid: int) -> StartTime | None:
+    """Return when `pid` and the current boot started, or None if unknown.
+
+    On Linux the process's start comes from field 22 of
+    ``/proc/<pid>/stat`` (clock ticks since boot) and the boot's wall-clock
+    time from ``CLOCK_REALTIME - CLOCK_BOOTTIME``, with one clock tick of
+    slack. Elsewhere it comes from psutil's ``create_time`` and
+    ``boot_time`` when psutil is installed, with `PSUTIL_SLACK_NS` of
+    slack. Returns None when neither source can see the process, and
+    raises ProcessLookupError when the process is gone.
+    """
+    if procfs_available() and _HAS_BOOTTIME:
+        return _procfs_start_time(pid)
+    return _psutil_start_time(pid)
+
+
+def judge_start(pid: int, mtime_ns: int, started: StartTime) -> WriterCheck:
+    """Judge from start times whether `pid` can have written the file.
+
+    `mtime_ns` is the file's modification time in ns since the epoch.
+    """
+    if mtime_ns < started.boot_ns - started.slack_ns:
+        return WriterCheck("before_boot", "the file was written before the last boot")
+    if started.process_ns > mtime_ns + started.slack_ns:
+        return WriterCheck(
+            "recycled", f"process {pid} started after the file was written"
+        )
+    return WriterCheck("writer", None)
+
+
+def check_writer(pid: int, mtime_ns: int) -> WriterCheck:
+    """Judge whether `pid` is alive and can have written a file.
+
+    `mtime_ns` is the file's modification time in ns since the epoch. The
+    state is "dead" when `is_alive` returns False, "before_boot" or
+    "recycled" when the start times rule the process out (see
+    `judge_start`), "unknown" when no start time is available, and
+    "writer" otherwise. Raises what `is_alive` raises.
+    """
+    if not is_alive(pid):
+        return WriterCheck("dead", f"process {pid} is not running")
+    try:
+        started = start_time(pid)
+    except ProcessLookupError:
+        return WriterCheck("dead", f"process {pid} is not running")
+    if started is None:
+        return WriterCheck(
+            "unknown",
+            f"the start time of process {pid} is unknown: its /proc entry "
+            "is hidden, or there is no /proc and psutil cannot read it",
+        )
+    return judge_start(pid, mtime_ns, started)

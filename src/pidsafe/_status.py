@@ -16,10 +16,10 @@ from ._errors import (
     PidfileMissing,
     PidfilePermissionError,
 )
-from ._lock import flock_held
+from ._lock import flock_held, flock_held_at
 from ._parse import EMPTY_REASON, PidSyntaxError, parse_pid
 from ._path import Directory, PathArg, as_trusted, file_reason, open_parent
-from ._process import is_alive
+from ._process import check_writer
 from ._read import (
     PidfileRecord,
     logger,
@@ -47,7 +47,8 @@ class Status:
     """The state of a PID file's service, with the evidence for it.
 
     `state` is one of "running", "starting" (the file is locked but holds
-    no PID yet), "stale" (the file exists but its process is gone),
+    no PID yet), "stale" (the file exists, but its process is gone, its PID
+    was reused, or it predates the last boot, as `reason` states),
     "absent", "refused" (unsafe or malformed; `reason` says why) and
     "unknown" (an error prevented a verdict).
     """
@@ -71,6 +72,12 @@ def _display(path: PathArg) -> str:
 
 def status(path: PathArg, *, trusted_uids: Iterable[int] | None = None) -> Status:
     """Return the state of the service named by the PID file at `path`.
+
+    A file whose ``flock`` is held is "running" (or "starting" while it is
+    still empty), whatever PID it contains. Otherwise the PID must name a
+    live process that started before the file was written and after the
+    last boot. A dead or recycled PID, or an empty unlocked file, is
+    "stale". Where the start time is unknown, a live PID counts as running.
 
     Never takes the file's lock, so a query cannot make a concurrent start
     fail. Never raises for a problem with the file or the path: those are
@@ -102,29 +109,37 @@ def _status_at(
     try:
         record = read_at(directory, name, shown, trusted, strict=False)
     except InvalidPidfile as exc:
-        if exc.reason == EMPTY_REASON and _locked(directory, name, shown):
-            return Status("starting", shown, reason="locked, PID not written yet")
+        if exc.reason == EMPTY_REASON:
+            return _empty_status(directory, name, shown)
         return _error_status(exc, shown)
     except PidfileError as exc:
         return _error_status(exc, shown)
+    if flock_held_at(record.dev, record.ino):
+        return Status("running", shown, record.pid, "lock is held", record)
     try:
-        alive = is_alive(record.pid)
+        check = check_writer(record.pid, record.mtime_ns)
     except OSError as exc:
         reason = f"cannot check process {record.pid}: {exc}"
         return Status("unknown", shown, record.pid, reason, record)
-    if alive:
-        return Status("running", shown, record.pid, None, record)
-    reason = f"process {record.pid} is not running"
-    return Status("stale", shown, record.pid, reason, record)
+    if check.stale:
+        return Status("stale", shown, record.pid, check.reason, record)
+    return Status("running", shown, record.pid, check.reason, record)
 
 
-def _locked(directory: Directory, name: str, shown: str) -> bool:
+def _empty_status(directory: Directory, name: str, shown: str) -> Status:
     try:
         fd, st = open_leaf(directory, name, shown)
-    except PidfileError:
-        return False
+    except PidfileError as exc:
+        return _error_status(exc, shown)
     os.close(fd)
-    return bool(flock_held(st))
+    held = flock_held(st)
+    if held:
+        return Status("starting", shown, reason="locked, PID not written yet")
+    if held is None:
+        reason = "is empty, and /proc/locks is unreadable to tell if it is locked"
+        return Status("unknown", shown, reason=reason)
+    # A starter that crashed between creating and writing the file left it.
+    return Status("stale", shown, reason="is empty and not locked")
 
 
 def clean_pidfile(
@@ -133,11 +148,12 @@ def clean_pidfile(
     """Remove the PID file at `path` if it is stale; return what was found.
 
     The file was removed exactly when the returned state is "stale". It is
-    removed only while this call holds its ``flock`` (so no holder exists),
-    only when its PID is not a live process or it is empty, and only after
-    checking that the name still refers to the inode that was locked. A
-    missing file gives "absent"; a locked file or a live PID gives
-    "running" (or "starting" for a locked empty file) and is kept.
+    removed only while this call holds its ``flock``, so no holder exists.
+    It must be empty or name a PID that `status` would call stale: dead,
+    started after the file was written, or written before the last boot.
+    The name must still refer to the inode that was locked. A missing file
+    gives "absent". A locked file, or a live PID that may be the writer,
+    gives "running" (or "starting" for a locked empty file) and is kept.
 
     Raises `InsecurePidfile` for an untrusted file, which is never removed,
     and the errors of `read_pidfile` for a file that cannot be read.
@@ -171,13 +187,16 @@ def _clean_at(
         except BlockingIOError:
             return _held_status(fd, shown)
         pid = _stale_pid(fd, shown)
-        if pid is not None and is_alive(pid):
-            return Status("running", shown, pid, None)
+        reason = "empty file"
+        if pid is not None:
+            check = check_writer(pid, os.fstat(fd).st_mtime_ns)
+            if not check.stale:
+                return Status("running", shown, pid, check.reason)
+            reason = check.reason or reason
         _unlink_locked(directory, name, shown, st)
     finally:
         os.close(fd)
-    gone = "empty file" if pid is None else f"process {pid} is not running"
-    return Status("stale", shown, pid, gone)
+    return Status("stale", shown, pid, reason)
 
 
 def _held_status(fd: int, shown: str) -> Status:
