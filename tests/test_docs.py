@@ -2,8 +2,9 @@
 
 Two kinds of fenced block are checked:
 
-* ``python`` blocks run, one file's blocks in order in one namespace, in a
-  fresh directory;
+* ``python`` blocks run, each on its own, in a fresh Python process and a
+  fresh directory, so an example that forks or daemonizes cannot disturb
+  the test run;
 * ``console`` blocks hold ``$ command`` lines, each followed by its expected
   output. The commands run in a shell in the same kind of fresh directory and
   their combined stdout and stderr must match, after every run of digits is
@@ -97,16 +98,19 @@ def _bin_dir() -> str:
 
 
 @pytest.mark.parametrize("example", PYTHON_EXAMPLES, ids=_id)
-def test_python_example(
-    example: Example, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_python_example(example: Example, tmp_path: Path) -> None:
     if example.skip_reason:
         pytest.skip(example.skip_reason)
     work, run = _sandbox(tmp_path)
-    monkeypatch.chdir(work)
-    source = _rewrite(example.body, run)
-    code = compile(source, f"{example.document.name}:{example.line}", "exec")
-    exec(code, {"__name__": "__docs__"})
+    done = subprocess.run(
+        [sys.executable, "-c", _rewrite(example.body, run)],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
 
 
 class Command(NamedTuple):

@@ -141,10 +141,9 @@ def make_directory(path: Path) -> None:
         (make_symlink, "is a symlink; refusing to follow it"),
         (make_fifo, "is a FIFO, not a regular file"),
         (make_negative, "contains a sign '-' at offset 0"),
-        (make_empty, "is empty"),
         (make_directory, "is a directory, not a regular file"),
     ],
-    ids=["symlink", "fifo", "negative", "empty", "directory"],
+    ids=["symlink", "fifo", "negative", "directory"],
 )
 def test_status_refused(pidfile: Path, make: Any, reason: str) -> None:
     make(pidfile)
@@ -156,6 +155,19 @@ def test_status_refused(pidfile: Path, make: Any, reason: str) -> None:
     assert found.exit_code == 4
     assert found.pid is None
     assert found.reason == reason
+
+
+def test_status_unlocked_empty_is_stale(pidfile: Path) -> None:
+    # A starter that crashed between creating the file and writing its PID
+    # leaves an empty file that nobody holds.
+    make_empty(pidfile)
+
+    found = call_bounded(status, pidfile)
+
+    assert found.state == "stale"
+    assert found.exit_code == 1
+    assert found.pid is None
+    assert found.reason == "is empty and not locked"
 
 
 @pytest.mark.parametrize(
