@@ -389,7 +389,12 @@ def _enter_cwd(walk: _Walk) -> None:
             exc.errno,
         ) from None
     walk.walk(_split(cwd))
-    here = os.stat(".")
+    # Every lookup of a relative path, even of ".", needs search permission
+    # on the current directory, so the kernel's EACCES is the answer here.
+    try:
+        here = os.stat(".")
+    except OSError as exc:
+        raise _cwd_error(exc, cwd, walk.display) from None
     there = walk.stack[-1]
     if (here.st_dev, here.st_ino) != (there.dev, there.ino):
         raise PidfileError(
@@ -397,6 +402,18 @@ def _enter_cwd(walk: _Walk) -> None:
             f"the current directory moved away from {cwd} during resolution",
             errno.EAGAIN,
         )
+
+
+def _cwd_error(exc: OSError, cwd: str, display: str) -> PidfileError:
+    if exc.errno == errno.ENOENT:
+        return PidfileMissing(display, "the current directory was removed")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return PidfilePermissionError(
+            display, f"permission denied searching the current directory {cwd}"
+        )
+    return PidfileError(
+        display, f"cannot stat the current directory {cwd}: {exc.strerror}", exc.errno
+    )
 
 
 def rejudge_directory(
