@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from _users import SOURCE_DIR, User, run_as, unprivileged_users
+from child_process import WAIT_LIMIT
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +72,60 @@ def test_unsearchable_cwd_relative_path(user: User, shared: Path) -> None:
         assert f"searching the current directory {workdir}" in result["message"]
     assert state["state"] == "unknown"
     assert f"searching the current directory {workdir}" in state["reason"]
+
+
+# A child that lowers RLIMIT_NOFILE, opens descriptors until none is left,
+# closes argv[1] of them and calls pidsafe.<argv[2]>(argv[3]). It prints the
+# exception's class and message, or "returned" and the result.
+_WITH_FEW_FDS = """
+import os, resource, sys
+import pidsafe
+pidsafe.pid_max()
+pidsafe._process.procfs_available()
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+held = []
+try:
+    while True:
+        held.append(os.open("/dev/null", os.O_RDONLY))
+except OSError:
+    pass
+for _ in range(int(sys.argv[1])):
+    os.close(held.pop())
+try:
+    result = getattr(pidsafe, sys.argv[2])(sys.argv[3])
+except Exception as exc:
+    print(type(exc).__name__, exc)
+else:
+    print("returned", result)
+"""
+
+
+def call_with_free_fds(free: int, function: str, path: Path) -> str:
+    """Return what pidsafe.<function>(path) did with `free` fds left."""
+    result = subprocess.run(
+        [sys.executable, "-c", _WITH_FEW_FDS, str(free), function, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_LIMIT,
+        check=True,
+    )
+    return result.stdout.strip()
+
+
+@pytest.mark.parametrize(
+    "function", ["read_pidfile", "remove_pidfile", "clean_pidfile", "status"]
+)
+def test_no_free_fd_named_error(piddir: Path, function: str) -> None:
+    # With no descriptor left even "/" cannot be opened. That is EMFILE, a
+    # failure the docstrings promise as a PidfileError naming the path.
+    path = piddir / "app.pid"
+    path.write_text(f"{os.getpid()}\n")
+
+    outcome = call_with_free_fds(0, function, path)
+
+    if function == "status":
+        assert outcome.startswith("returned Status(state='refused'"), outcome
+    else:
+        assert outcome.startswith(f"PidfileError pid file {path}: "), outcome
+    assert "cannot open directory /: Too many open files" in outcome
+    assert path.exists()

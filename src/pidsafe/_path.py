@@ -243,7 +243,13 @@ class _Walk:
     def enter_root(self) -> None:
         """Reset the walk to "/", as an absolute path or symlink does."""
         self.close()
-        fd = os.open("/", _DIR_FLAGS)
+        try:
+            fd = os.open("/", _DIR_FLAGS)
+        except OSError as exc:
+            # "/" always exists; this is EMFILE, ENFILE or ENOMEM.
+            raise PidfileError(
+                self.display, f"cannot open directory /: {exc.strerror}", exc.errno
+            ) from None
         try:
             root = _judge_directory(fd, os.fstat(fd), "/", None, self.trusted)
         except BaseException:
