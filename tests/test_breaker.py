@@ -7,6 +7,7 @@ a valid setting. Steps that need another user run through ``_users.py``.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import pidsafe
 from _users import SOURCE_DIR, User, run_as, unprivileged_users
 from child_process import WAIT_LIMIT
 
@@ -129,3 +131,28 @@ def test_no_free_fd_named_error(piddir: Path, function: str) -> None:
         assert outcome.startswith(f"PidfileError pid file {path}: "), outcome
     assert "cannot open directory /: Too many open files" in outcome
     assert path.exists()
+
+
+@pytest.mark.needs_procfs
+@pytest.mark.needs_linux
+@pytest.mark.parametrize("function", ["read_pidfile", "clean_pidfile"])
+def test_read_error_named(function: str) -> None:
+    # /proc/self/mem is a regular file, owned by the caller in directories
+    # owned by root or the caller, so it passes every check before read(),
+    # which fails with EIO at offset 0, as a failing disk would.
+    path = "/proc/self/mem"
+
+    with pytest.raises(pidsafe.PidfileError) as caught:
+        getattr(pidsafe, function)(path)
+
+    assert caught.value.errno == errno.EIO
+    assert str(caught.value) == f"pid file {path}: cannot be read: Input/output error"
+
+
+@pytest.mark.needs_procfs
+@pytest.mark.needs_linux
+def test_read_error_status_unknown() -> None:
+    found = pidsafe.status("/proc/self/mem")
+
+    assert found.exit_code == 4
+    assert found.reason == "cannot be read: Input/output error"

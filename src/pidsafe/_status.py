@@ -182,7 +182,7 @@ def _clean_at(
 
 def _held_status(fd: int, shown: str) -> Status:
     try:
-        pid: int | None = parse_pid(read_capped(fd))
+        pid: int | None = parse_pid(read_capped(fd, shown))
     except PidSyntaxError:
         pid = None
     if pid is None:
@@ -192,7 +192,7 @@ def _held_status(fd: int, shown: str) -> Status:
 
 def _stale_pid(fd: int, shown: str) -> int | None:
     """Return the PID in the locked file, None if empty; raise if malformed."""
-    data = read_capped(fd)
+    data = read_capped(fd, shown)
     if not data:
         return None
     return parse_contents(data, shown)
