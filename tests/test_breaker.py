@@ -21,6 +21,7 @@ import pytest
 import pidsafe
 from _users import SOURCE_DIR, User, run_as, unprivileged_users
 from child_process import WAIT_LIMIT
+from pidsafe import _status
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +83,7 @@ def test_unsearchable_cwd_relative_path(user: User, shared: Path) -> None:
 _WITH_FEW_FDS = """
 import os, resource, sys
 import pidsafe
+from pidsafe import _status
 pidsafe.pid_max()
 pidsafe._process.procfs_available()
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
@@ -156,3 +158,42 @@ def test_read_error_status_unknown() -> None:
 
     assert found.exit_code == 4
     assert found.reason == "cannot be read: Input/output error"
+
+
+def test_clean_liveness_error_named(
+    piddir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # is_alive fails closed by raising, as with EACCES from /proc mounted
+    # with hidepid=1. clean_pidfile must keep the file and say why.
+    path = piddir / "app.pid"
+    path.write_text(f"{os.getpid()}\n")
+
+    def denied(pid: int) -> bool:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(_status, "is_alive", denied)
+    with pytest.raises(pidsafe.PidfileError) as caught:
+        pidsafe.clean_pidfile(path)
+
+    assert caught.value.errno == errno.EACCES
+    assert str(caught.value) == (
+        f"pid file {path}: cannot check process {os.getpid()}: Permission denied"
+    )
+    assert path.exists()
+
+
+def test_clean_lock_error_named(piddir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # flock fails with ENOLCK on some network file systems.
+    path = piddir / "app.pid"
+    path.write_text(f"{os.getpid()}\n")
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(_status.fcntl, "flock", no_locks)
+    with pytest.raises(pidsafe.PidfileError) as caught:
+        pidsafe.clean_pidfile(path)
+
+    assert caught.value.errno == errno.ENOLCK
+    assert str(caught.value) == f"pid file {path}: cannot lock it: No locks available"
+    assert path.exists()

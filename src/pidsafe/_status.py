@@ -170,14 +170,26 @@ def _clean_at(
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return _held_status(fd, shown)
+        except OSError as exc:
+            reason = f"cannot lock it: {exc.strerror}"
+            raise PidfileError(shown, reason, exc.errno) from None
         pid = _stale_pid(fd, shown)
-        if pid is not None and is_alive(pid):
+        if pid is not None and _alive_or_raise(pid, shown):
             return Status("running", shown, pid, None)
         _unlink_locked(directory, name, shown, st)
     finally:
         os.close(fd)
     gone = "empty file" if pid is None else f"process {pid} is not running"
     return Status("stale", shown, pid, gone)
+
+
+def _alive_or_raise(pid: int, shown: str) -> bool:
+    """Return `is_alive(pid)`; raise its failure as a PidfileError."""
+    try:
+        return is_alive(pid)
+    except OSError as exc:
+        reason = f"cannot check process {pid}: {exc.strerror}"
+        raise PidfileError(shown, reason, exc.errno) from None
 
 
 def _held_status(fd: int, shown: str) -> Status:
