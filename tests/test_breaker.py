@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 import pidsafe
-from _users import SOURCE_DIR, User, run_as, unprivileged_users
+from _users import SOURCE_DIR, User, interpreter_for, run_as, unprivileged_users
 from child_process import WAIT_LIMIT
-from pidsafe import _status
+from pidsafe import _process, _status
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_unsearchable_cwd_relative_path(user: User, shared: Path) -> None:
 _WITH_FEW_FDS = """
 import os, resource, sys
 import pidsafe
-from pidsafe import _status
+from pidsafe import _process, _status
 pidsafe.pid_max()
 pidsafe._process.procfs_available()
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
@@ -197,3 +197,78 @@ def test_clean_lock_error_named(piddir: Path, monkeypatch: pytest.MonkeyPatch) -
     assert caught.value.errno == errno.ENOLCK
     assert str(caught.value) == f"pid file {path}: cannot lock it: No locks available"
     assert path.exists()
+
+
+# Run as root in fresh mount and PID namespaces, so that the /proc mounted
+# here is a new instance that no process outside them sees. Starts a root
+# process, then asks as the unprivileged user (argv[1], argv[2]) whether
+# it is alive, with the interpreter argv[3].
+_HIDDEN_PROC = """
+import subprocess, sys
+uid, gid, interpreter, source = sys.argv[1:]
+subprocess.run(["mount", "-t", "proc", "-o", "hidepid=2", "proc", "/proc"], check=True)
+sleeper = subprocess.Popen(["sleep", "30"])
+probe = f"import sys; sys.path.insert(0, {source!r}); import pidsafe; "
+probe += f"print(pidsafe.is_alive({sleeper.pid}))"
+try:
+    result = subprocess.run(
+        [interpreter, "-I", "-c", probe],
+        user=int(uid), group=int(gid), extra_groups=[], cwd="/",
+        capture_output=True, text=True, timeout=20, check=True,
+    )
+    print(result.stdout.strip())
+finally:
+    sleeper.kill()
+    sleeper.wait()
+"""
+
+
+@pytest.mark.needs_users
+@pytest.mark.needs_namespaces
+def test_hidden_proc_process_alive(user: User) -> None:
+    # With /proc mounted hidepid=2, another user's /proc/<pid> does not
+    # exist for the caller, while kill(pid, 0) fails with EPERM because the
+    # process does. Reading the missing directory as "exited" would call
+    # a running service stale; liveness must fail closed instead.
+    interpreter = interpreter_for(user.uid, user.gid)
+    argv = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork"]
+    argv += [sys.executable, "-c", _HIDDEN_PROC, str(user.uid), str(user.gid)]
+    argv += [interpreter, SOURCE_DIR]
+
+    result = subprocess.run(
+        argv, capture_output=True, text=True, timeout=WAIT_LIMIT * 3, check=False
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
+
+
+def test_hidden_proc_entry_alive(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The same case through seams: kill(pid, 0) says the process exists but
+    # /proc has no entry for it, and neither changes on a second look.
+    def exists_elsewhere(pid: int, signal: int) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(_process, "procfs_available", lambda: True)
+    monkeypatch.setattr(_process.os, "kill", exists_elsewhere)
+    monkeypatch.setattr(_process, "read_proc_status", lambda pid: None)
+
+    assert pidsafe.is_alive(1) is True
+
+
+def test_exited_between_kill_and_proc(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A process that exits after kill(pid, 0) and before /proc is read is
+    # dead: the second kill(pid, 0) fails with ESRCH.
+    answers = [None, ProcessLookupError(errno.ESRCH, "No such process")]
+
+    def kill(pid: int, signal: int) -> None:
+        answer = answers.pop(0)
+        if answer is not None:
+            raise answer
+
+    monkeypatch.setattr(_process, "procfs_available", lambda: True)
+    monkeypatch.setattr(_process.os, "kill", kill)
+    monkeypatch.setattr(_process, "read_proc_status", lambda pid: None)
+
+    assert pidsafe.is_alive(1) is False
+    assert answers == []
