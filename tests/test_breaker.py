@@ -272,3 +272,21 @@ def test_exited_between_kill_and_proc(monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert pidsafe.is_alive(1) is False
     assert answers == []
+
+
+def test_runtime_dir_trailing_slash(tmp_path: Path) -> None:
+    # Shells and unit files often write directories with a trailing slash,
+    # and XDG_RUNTIME_DIR=/run/user/1000/ is as valid as without it.
+    xdg = tmp_path / "xdg"
+    xdg.mkdir(mode=0o700)
+    target = tmp_path / "custom"
+
+    found = pidsafe.runtime_dir("app", environ={"XDG_RUNTIME_DIR": f"{xdg}/"})
+    override = pidsafe.runtime_dir(
+        "app", env_var="APP_DIR", environ={"APP_DIR": f"{target}//"}
+    )
+
+    assert found == xdg / "app"
+    assert found.is_dir()
+    assert override == target
+    assert target.is_dir()
