@@ -290,3 +290,19 @@ def test_runtime_dir_trailing_slash(tmp_path: Path) -> None:
     assert found.is_dir()
     assert override == target
     assert target.is_dir()
+
+
+def test_runtime_dir_mkdir_error_named(tmp_path: Path) -> None:
+    # mkdir fails with ENAMETOOLONG here, as it fails with EACCES or EROFS
+    # for an override in a directory the caller may not write.
+    target = tmp_path / ("x" * 300)
+    environ = {"APP_DIR": str(target)}
+
+    with pytest.raises(pidsafe.RuntimeDirError) as caught:
+        pidsafe.runtime_dir("app", env_var="APP_DIR", environ=environ)
+
+    assert caught.value.errno == errno.ENAMETOOLONG
+    assert caught.value.path == str(target)
+    assert caught.value.reason == (
+        f"$APP_DIR={target} cannot be created: File name too long"
+    )

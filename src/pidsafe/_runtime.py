@@ -92,6 +92,10 @@ def _validate_at(
             os.mkdir(name, 0o700, dir_fd=directory.fd)
         except FileExistsError:
             pass
+        except OSError as exc:
+            raise RuntimeDirError(
+                shown, f"{source} cannot be created: {exc.strerror}", exc.errno
+            ) from None
     try:
         fd = os.open(name, _DIR_FLAGS, dir_fd=directory.fd)
     except FileNotFoundError:
