@@ -20,6 +20,7 @@ import pytest
 
 import pidsafe
 from _users import SOURCE_DIR, User, interpreter_for, run_as, unprivileged_users
+from bounded import call_bounded
 from child_process import WAIT_LIMIT
 from pidsafe import _process, _status
 
@@ -306,3 +307,17 @@ def test_runtime_dir_mkdir_error_named(tmp_path: Path) -> None:
     assert caught.value.reason == (
         f"$APP_DIR={target} cannot be created: File name too long"
     )
+
+
+def test_many_dotdot_components_fast(piddir: Path) -> None:
+    # The kernel rejects such a path at once with ENAMETOOLONG. pidsafe
+    # walks it one component at a time, and must do so in linear time:
+    # taking each component from the front of a list made 500,000 ".."
+    # take minutes.
+    path = "../" * 500_000 + str(piddir / "app.pid").lstrip("/")
+    (piddir / "app.pid").write_text(f"{os.getpid()}\n")
+
+    record = call_bounded(pidsafe.read_pidfile, path)
+
+    assert isinstance(record, pidsafe.PidfileRecord), record
+    assert record.pid == os.getpid()

@@ -258,7 +258,10 @@ class _Walk:
         self.stack.append(root)
 
     def enter(self, name: str, pending: list[str]) -> None:
-        """Step into `name`, or expand it onto `pending` if it is a symlink."""
+        """Step into `name`, or expand it onto `pending` if it is a symlink.
+
+        `pending` lists the components still to walk, the next one last.
+        """
         parent = self.stack[-1]
         path = _join(parent.path, name)
         try:
@@ -322,12 +325,15 @@ class _Walk:
             ) from None
         if target.startswith("/"):
             self.enter_root()
-        pending[:0] = _split(target)
+        pending.extend(reversed(_split(target)))
 
     def walk(self, components: list[str]) -> None:
-        pending = list(components)
+        # `pending` is kept last-component-first, so that taking the next
+        # component and inserting a symlink's target are cheap at its end:
+        # taking from the front made a path of n components cost n**2.
+        pending = components[::-1]
         while pending:
-            name = pending.pop(0)
+            name = pending.pop()
             if name == "..":
                 if len(self.stack) > 1:
                     os.close(self.stack.pop().fd)
