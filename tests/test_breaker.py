@@ -321,3 +321,16 @@ def test_many_dotdot_components_fast(piddir: Path) -> None:
 
     assert isinstance(record, pidsafe.PidfileRecord), record
     assert record.pid == os.getpid()
+
+
+def test_pid_directory_nul_name(piddir: Path) -> None:
+    # PidDirectory.read and remove promise the errors of read_pidfile and
+    # remove_pidfile, which reject a NUL byte with a PidfileError.
+    with pidsafe.PidDirectory(piddir) as directory:
+        for method in (directory.read, directory.remove):
+            with pytest.raises(pidsafe.PidfileError) as caught:
+                method("a\0b")
+
+            assert caught.value.errno == errno.EINVAL
+            assert caught.value.reason == "path contains a NUL byte"
+        assert directory.read_safely("a\0b") is None

@@ -365,6 +365,8 @@ class PidDirectory:
         if not name or "/" in name or name in (".", ".."):
             raise ValueError(f"{name!r} is not a single file name")
         display = f"{directory.path.rstrip('/')}/{name}"
+        if "\0" in name:
+            raise PidfileError(display, "path contains a NUL byte", errno.EINVAL)
         # One fstat notices a chmod or chown of the directory since it was
         # judged, and re-judges it from its new owner and mode.
         st = os.fstat(directory.fd)
