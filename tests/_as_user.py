@@ -109,6 +109,8 @@ def call_pidsafe(source_dir: str, function: str, path: str) -> dict[str, Any]:
         }
     if isinstance(result, pidsafe.PidfileRecord):
         return {"pid": result.pid, "trusted": result.trusted}
+    if isinstance(result, pidsafe.Status):
+        return {"state": result.state, "pid": result.pid, "reason": result.reason}
     return {"result": result}
 
 
@@ -118,6 +120,7 @@ STEPS: dict[str, Callable[..., Any]] = {
     "mkdir": make_directory,
     "chmod": change_mode,
     "rename": os.rename,
+    "chdir": os.chdir,
     "unlink": os.unlink,
     "exchange": exchange,
     "flip": flip,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,23 @@ HAS_USERADD = (
 HAS_PROCFS = os.path.exists("/proc/self/stat")
 HAS_PIDFD = hasattr(os, "pidfd_open")
 HAS_UNSHARE = shutil.which("unshare") is not None
+
+
+def _can_unshare() -> bool:
+    """Return whether root may create mount and PID namespaces here."""
+    if not IS_ROOT or shutil.which("unshare") is None:
+        return False
+    argv = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork"]
+    try:
+        result = subprocess.run(
+            [*argv, "true"], capture_output=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0
+
+
+HAS_NAMESPACES = _can_unshare()
 
 # name -> (available, reason shown when it is not)
 CAPABILITIES: dict[str, tuple[bool, str]] = {
@@ -38,6 +56,11 @@ CAPABILITIES: dict[str, tuple[bool, str]] = {
         IS_ROOT and HAS_UNSHARE,
         "needs root and unshare(1) to mount file systems (a read-only bind, "
         "a full tmpfs, /proc with hidepid) in a private mount namespace",
+    ),
+    "namespaces": (
+        HAS_NAMESPACES,
+        "needs root and unshare(1) to mount a private /proc in new mount "
+        "and PID namespaces",
     ),
 }
 

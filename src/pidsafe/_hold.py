@@ -231,7 +231,7 @@ def _holder_error(fd: int, display: str, backoff: _Backoff) -> AlreadyRunning | 
     holder has not written its PID yet, or the file names a dead process
     (a cleaner holding the lock while it removes the file).
     """
-    data = read_capped(fd)
+    data = read_capped(fd, display)
     if not data:
         if backoff.sleep():
             return None
@@ -282,7 +282,7 @@ def _check_unlocked(fd: int, st: os.stat_result, display: str) -> None:
     writer that does not lock, and the file stays untouched.
     """
     # A file this process just created is empty, and fstat already shows it.
-    data = read_capped(fd) if st.st_size else b""
+    data = read_capped(fd, display) if st.st_size else b""
     if not data:
         logger.debug("taking over empty PID file %s", display)
         return

@@ -243,7 +243,13 @@ class _Walk:
     def enter_root(self) -> None:
         """Reset the walk to "/", as an absolute path or symlink does."""
         self.close()
-        fd = os.open("/", _DIR_FLAGS)
+        try:
+            fd = os.open("/", _DIR_FLAGS)
+        except OSError as exc:
+            # "/" always exists; this is EMFILE, ENFILE or ENOMEM.
+            raise PidfileError(
+                self.display, f"cannot open directory /: {exc.strerror}", exc.errno
+            ) from None
         try:
             root = _judge_directory(fd, os.fstat(fd), "/", None, self.trusted)
         except BaseException:
@@ -252,7 +258,10 @@ class _Walk:
         self.stack.append(root)
 
     def enter(self, name: str, pending: list[str]) -> None:
-        """Step into `name`, or expand it onto `pending` if it is a symlink."""
+        """Step into `name`, or expand it onto `pending` if it is a symlink.
+
+        `pending` lists the components still to walk, the next one last.
+        """
         parent = self.stack[-1]
         path = _join(parent.path, name)
         try:
@@ -316,12 +325,15 @@ class _Walk:
             ) from None
         if target.startswith("/"):
             self.enter_root()
-        pending[:0] = _split(target)
+        pending.extend(reversed(_split(target)))
 
     def walk(self, components: list[str]) -> None:
-        pending = list(components)
+        # `pending` is kept last-component-first, so that taking the next
+        # component and inserting a symlink's target are cheap at its end:
+        # taking from the front made a path of n components cost n**2.
+        pending = components[::-1]
         while pending:
-            name = pending.pop(0)
+            name = pending.pop()
             if name == "..":
                 if len(self.stack) > 1:
                     os.close(self.stack.pop().fd)
@@ -389,7 +401,12 @@ def _enter_cwd(walk: _Walk) -> None:
             exc.errno,
         ) from None
     walk.walk(_split(cwd))
-    here = os.stat(".")
+    # Every lookup of a relative path, even of ".", needs search permission
+    # on the current directory, so the kernel's EACCES is the answer here.
+    try:
+        here = os.stat(".")
+    except OSError as exc:
+        raise _cwd_error(exc, cwd, walk.display) from None
     there = walk.stack[-1]
     if (here.st_dev, here.st_ino) != (there.dev, there.ino):
         raise PidfileError(
@@ -397,6 +414,18 @@ def _enter_cwd(walk: _Walk) -> None:
             f"the current directory moved away from {cwd} during resolution",
             errno.EAGAIN,
         )
+
+
+def _cwd_error(exc: OSError, cwd: str, display: str) -> PidfileError:
+    if exc.errno == errno.ENOENT:
+        return PidfileMissing(display, "the current directory was removed")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return PidfilePermissionError(
+            display, f"permission denied searching the current directory {cwd}"
+        )
+    return PidfileError(
+        display, f"cannot stat the current directory {cwd}: {exc.strerror}", exc.errno
+    )
 
 
 def rejudge_directory(

@@ -74,7 +74,9 @@ def is_alive(pid: int) -> bool:
     Fails closed: ``kill(pid, 0)`` failing with ESRCH means dead and EPERM
     means alive (the process belongs to another user); any other error is
     raised. On Linux a thread ID (``Tgid`` differs from the PID) and a
-    zombie (state ``Z``) are not live processes. Raises ValueError for a PID
+    zombie (state ``Z``) are not live processes, except where /proc hides
+    another user's processes (``hidepid=2``): such a task counts as alive,
+    because neither can be checked. Raises ValueError for a PID
     outside 1..pid_max, so that 0 and negative numbers never reach ``kill``.
     """
     validate_pid(pid)
@@ -84,13 +86,16 @@ def is_alive(pid: int) -> bool:
         return True
     status = read_proc_status(pid)
     if status is None:
-        # /proc mounted with hidepid=2 hides other users' processes, so a
-        # missing entry means dead only if the process is gone by now.
+        # Either the process exited after kill(), or /proc hides it: with
+        # hidepid=2 another user's /proc/<pid> does not exist for us. Ask
+        # kill() again, so that a hidden process counts as alive (its thread
+        # and zombie state cannot be checked) and an exited one as dead.
         return _exists(pid)
     return status.tgid == pid and status.state != "Z"
 
 
 def _exists(pid: int) -> bool:
+    """Return whether kill(pid, 0) finds a task; raise other errors."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

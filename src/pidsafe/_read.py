@@ -152,12 +152,20 @@ def _permission_error(directory: Directory, display: str) -> PidfilePermissionEr
     return PidfilePermissionError(display, "permission denied opening it")
 
 
-def read_capped(fd: int) -> bytes:
-    """Read up to MAX_PIDFILE_SIZE + 1 bytes, so that oversize is visible."""
+def read_capped(fd: int, display: str) -> bytes:
+    """Read up to MAX_PIDFILE_SIZE + 1 bytes, so that oversize is visible.
+
+    Raises `PidfileError` naming `display` when read() fails, as it does
+    with EIO on a failing disk or network file system.
+    """
     chunks = []
     remaining = MAX_PIDFILE_SIZE + 1
     while remaining > 0:
-        chunk = os.read(fd, remaining)
+        try:
+            chunk = os.read(fd, remaining)
+        except OSError as exc:
+            reason = f"cannot be read: {exc.strerror}"
+            raise PidfileError(display, reason, exc.errno) from None
         if not chunk:
             break
         chunks.append(chunk)
@@ -192,7 +200,7 @@ def read_at(
         if st.st_size > MAX_PIDFILE_SIZE:
             data = b"\0" * (MAX_PIDFILE_SIZE + 1)
         else:
-            data = read_capped(fd)
+            data = read_capped(fd, display)
     finally:
         os.close(fd)
     pid = parse_contents(data, display)
@@ -357,6 +365,8 @@ class PidDirectory:
         if not name or "/" in name or name in (".", ".."):
             raise ValueError(f"{name!r} is not a single file name")
         display = f"{directory.path.rstrip('/')}/{name}"
+        if "\0" in name:
+            raise PidfileError(display, "path contains a NUL byte", errno.EINVAL)
         # One fstat notices a chmod or chown of the directory since it was
         # judged, and re-judges it from its new owner and mode.
         st = os.fstat(directory.fd)

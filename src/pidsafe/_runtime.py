@@ -58,8 +58,11 @@ def _validate(path: str, create: bool, source: str) -> Path:
     is missing. `source` names where the path came from, for messages.
     """
     euid = os.geteuid()
+    # "/run/user/1000/" names the same directory as "/run/user/1000", but
+    # open_parent rejects a path that ends in "/" as naming no file.
+    trimmed = path.rstrip("/") or "/"
     try:
-        directory, name, shown = open_parent(path, (0, euid))
+        directory, name, shown = open_parent(trimmed, (0, euid))
         try:
             _validate_at(directory, name, shown, create, source, euid)
         finally:
@@ -89,6 +92,10 @@ def _validate_at(
             os.mkdir(name, 0o700, dir_fd=directory.fd)
         except FileExistsError:
             pass
+        except OSError as exc:
+            raise RuntimeDirError(
+                shown, f"{source} cannot be created: {exc.strerror}", exc.errno
+            ) from None
     try:
         fd = os.open(name, _DIR_FLAGS, dir_fd=directory.fd)
     except FileNotFoundError:

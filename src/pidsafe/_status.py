@@ -19,7 +19,7 @@ from ._errors import (
 from ._lock import flock_held, flock_held_at
 from ._parse import EMPTY_REASON, PidSyntaxError, parse_pid
 from ._path import Directory, PathArg, as_trusted, file_reason, open_parent
-from ._process import check_writer
+from ._process import WriterCheck, check_writer
 from ._read import (
     PidfileRecord,
     logger,
@@ -186,10 +186,13 @@ def _clean_at(
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return _held_status(fd, shown)
+        except OSError as exc:
+            reason = f"cannot lock it: {exc.strerror}"
+            raise PidfileError(shown, reason, exc.errno) from None
         pid = _stale_pid(fd, shown)
         reason = "empty file"
         if pid is not None:
-            check = check_writer(pid, os.fstat(fd).st_mtime_ns)
+            check = _check_or_raise(pid, os.fstat(fd).st_mtime_ns, shown)
             if not check.stale:
                 return Status("running", shown, pid, check.reason)
             reason = check.reason or reason
@@ -199,9 +202,18 @@ def _clean_at(
     return Status("stale", shown, pid, reason)
 
 
+def _check_or_raise(pid: int, mtime_ns: int, shown: str) -> WriterCheck:
+    """Return `check_writer(pid, mtime_ns)`; raise its failure as a PidfileError."""
+    try:
+        return check_writer(pid, mtime_ns)
+    except OSError as exc:
+        reason = f"cannot check process {pid}: {exc.strerror}"
+        raise PidfileError(shown, reason, exc.errno) from None
+
+
 def _held_status(fd: int, shown: str) -> Status:
     try:
-        pid: int | None = parse_pid(read_capped(fd))
+        pid: int | None = parse_pid(read_capped(fd, shown))
     except PidSyntaxError:
         pid = None
     if pid is None:
@@ -211,7 +223,7 @@ def _held_status(fd: int, shown: str) -> Status:
 
 def _stale_pid(fd: int, shown: str) -> int | None:
     """Return the PID in the locked file, None if empty; raise if malformed."""
-    data = read_capped(fd)
+    data = read_capped(fd, shown)
     if not data:
         return None
     return parse_contents(data, shown)
