@@ -46,3 +46,33 @@ def test_clean_unlink_failure_named(
     assert caught.value.errno == errno.EACCES
     assert "cannot remove it" in str(caught.value)
     assert path.exists()
+
+
+def test_status_unknown_for_failed_syscall(
+    piddir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def exhausted(*args: object, **kwargs: object) -> None:
+        raise pidsafe.PidfileError(
+            str(piddir / "app.pid"),
+            "cannot open directory /: Too many open files",
+            errno.EMFILE,
+        )
+
+    monkeypatch.setattr(_status, "open_parent", exhausted)
+    found = pidsafe.status(piddir / "app.pid")
+    assert found.state == "unknown"
+    assert found.exit_code == 4
+    assert "Too many open files" in (found.reason or "")
+
+
+def test_status_refused_for_not_a_directory(piddir: Path) -> None:
+    (piddir / "file").write_text("x")
+    found = pidsafe.status(piddir / "file" / "app.pid")
+    assert found.state == "refused"
+    assert "is not a directory" in (found.reason or "")
+
+
+def test_empty_path_is_missing() -> None:
+    with pytest.raises(pidsafe.PidfileMissing, match="path is empty"):
+        pidsafe.read_pidfile("")
+    assert pidsafe.status("").state == "absent"

@@ -217,3 +217,18 @@ def test_cli_error_names_variable(tmp_path: Path) -> None:
 
 def test_exported() -> None:
     assert pidsafe.runtime_dir is runtime_dir
+
+
+def test_relative_xdg_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shared = tmp_path / "shared-tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    monkeypatch.setattr(tempfile, "tempdir", str(shared))
+    monkeypatch.setattr(_runtime, "_usable_base", lambda path: False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "relative").mkdir(mode=0o700)
+
+    found = runtime_dir("app", environ={"XDG_RUNTIME_DIR": "relative"})
+
+    assert found == shared / f"app-{os.geteuid()}"
+    assert not (tmp_path / "relative" / "app").exists()

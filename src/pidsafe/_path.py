@@ -443,11 +443,14 @@ def rejudge_directory(
 def split_leaf(path: PathArg) -> tuple[str, str, str]:
     """Split `path` into (display path, directory part, final name).
 
-    Raises `PidfileNotRegular` when the path ends in "/", "." or "..",
+    Raises `PidfileMissing` for an empty path (as the kernel's ENOENT), and
+    `PidfileNotRegular` when the path ends in "/", "." or "..",
     because such a path can only name a directory, and `PidfileError` when
     it contains a NUL byte, which no file name can.
     """
     display = _display_path(path)
+    if not display:
+        raise PidfileMissing(display, "path is empty")
     if "\0" in display:
         raise PidfileError(display, "path contains a NUL byte", errno.EINVAL)
     head, _, name = display.rpartition("/")

@@ -141,7 +141,8 @@ def runtime_dir(
     """Return a private directory for `app`'s PID files, creating it.
 
     Tries, in order: ``$<env_var>`` when `env_var` is given and set (used as
-    the directory itself), ``$XDG_RUNTIME_DIR/<app>``,
+    the directory itself), ``$XDG_RUNTIME_DIR/<app>`` (when that variable is
+    an absolute path; the XDG specification says to ignore a relative one),
     ``/run/user/<uid>/<app>``, ``/run/<app>`` when running as root, and
     ``<tempdir>/<app>-<uid>``. The first candidate whose base exists is
     validated; the result is never a silent fallback. With `create`, a
@@ -159,7 +160,8 @@ def runtime_dir(
     if env_var is not None and env.get(env_var):
         return _validate(env[env_var], create, f"${env_var}={env[env_var]}")
     xdg = env.get("XDG_RUNTIME_DIR")
-    if xdg:
+    # The XDG Base Directory specification says to ignore a relative path.
+    if xdg and os.path.isabs(xdg):
         _validate(xdg, False, f"$XDG_RUNTIME_DIR={xdg}")
         return _validate(os.path.join(xdg, app), create, "runtime directory")
     user_run = f"/run/user/{uid}"

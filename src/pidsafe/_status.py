@@ -95,10 +95,19 @@ def status(path: PathArg, *, trusted_uids: Iterable[int] | None = None) -> Statu
         os.close(directory.fd)
 
 
+# Plain PidfileErrors with these errnos describe the path itself (a NUL
+# byte, a component that is not a directory, a symlink loop), so the file is
+# refused. Any other plain PidfileError is a failed system call (EMFILE,
+# EIO, a path that changed during resolution): the verdict is unknown.
+_REFUSED_ERRNOS: Final = frozenset((errno.EINVAL, errno.ENOTDIR, errno.ELOOP))
+
+
 def _error_status(exc: PidfileError, shown: str) -> Status:
     if isinstance(exc, PidfileMissing):
         return Status("absent", shown, reason="no PID file")
     if isinstance(exc, PidfilePermissionError):
+        return Status("unknown", shown, reason=exc.reason)
+    if type(exc) is PidfileError and exc.errno not in _REFUSED_ERRNOS:
         return Status("unknown", shown, reason=exc.reason)
     return Status("refused", shown, reason=exc.reason)
 
