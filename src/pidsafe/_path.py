@@ -129,7 +129,7 @@ def _writers(mode: int) -> str:
 class _Step(NamedTuple):
     """One directory on the walk: its fd, physical path and verdict so far."""
 
-    fd: int
+    fd: int  # open only while this step is the top of the walk's stack
     path: str
     reason: str | None  # first reason the chain up to here is insecure
     shared_sticky: bool  # sticky and writable by others, like /tmp
@@ -227,7 +227,12 @@ def _symlink_reason(
 
 
 class _Walk:
-    """State of one resolution: a stack of open directory fds."""
+    """State of one resolution: the directories entered, innermost last.
+
+    Only the innermost directory's fd is open. Keeping every fd open would
+    make a deep path fail with EMFILE long before the kernel's own limits,
+    so ".." reopens the parent relative to the child instead.
+    """
 
     def __init__(self, display: str, trusted: frozenset[int]) -> None:
         self.display = display
@@ -236,9 +241,38 @@ class _Walk:
         self.expansions = 0
 
     def close(self) -> None:
-        for step in self.stack:
-            os.close(step.fd)
+        if self.stack:
+            os.close(self.stack[-1].fd)
         self.stack.clear()
+
+    def take_top(self) -> _Step:
+        """Remove and return the innermost step; the caller owns its fd."""
+        top = self.stack[-1]
+        self.stack.clear()
+        return top
+
+    def leave(self) -> None:
+        """Go to the parent directory, as ".." does (not above "/")."""
+        if len(self.stack) < 2:
+            return
+        child = self.stack.pop()
+        parent = self.stack[-1]
+        try:
+            fd = os.open("..", _DIR_FLAGS, dir_fd=child.fd)
+        except OSError as exc:
+            self.stack.append(child)
+            raise _open_error(exc, parent.path, child.path, self.display) from None
+        os.close(child.fd)
+        self.stack[-1] = parent._replace(fd=fd)
+        # The judged parent must be the one ".." leads to now; a rename of
+        # the child since it was entered would lead somewhere unjudged.
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (parent.dev, parent.ino):
+            raise PidfileError(
+                self.display,
+                f"{child.path} moved while being resolved",
+                errno.EAGAIN,
+            )
 
     def enter_root(self) -> None:
         """Reset the walk to "/", as an absolute path or symlink does."""
@@ -294,6 +328,7 @@ class _Walk:
         except BaseException:
             os.close(fd)
             raise
+        os.close(parent.fd)
         self.stack.append(step)
 
     def expand(
@@ -335,8 +370,7 @@ class _Walk:
         while pending:
             name = pending.pop()
             if name == "..":
-                if len(self.stack) > 1:
-                    os.close(self.stack.pop().fd)
+                self.leave()
             else:
                 self.enter(name, pending)
 
@@ -379,11 +413,10 @@ def open_directory(
         if not text.startswith("/"):
             _enter_cwd(walk)
         walk.walk(_split(text))
-        top = walk.stack.pop()
     except BaseException:
         walk.close()
         raise
-    walk.close()
+    top = walk.take_top()
     return Directory(top.fd, top.path, top.reason, top.shared_sticky, top.dev, top.ino)
 
 
