@@ -192,7 +192,10 @@ class _Reporter:
 
     def started(self, message: bytes) -> None:
         if self.fd is not None:
-            _write_all(self.fd, message + b"\n")
+            with contextlib.suppress(OSError):
+                # A launcher killed meanwhile cannot be told, and the
+                # command must not fail for that.
+                _write_all(self.fd, message + b"\n")
 
     def close(self) -> None:
         if self.fd is not None:
