@@ -437,6 +437,64 @@ def test_killed_starter_over_stale_file(pidpath: Path, step: str) -> None:
         assert pidpath.read_bytes() == b"%d\n" % os.getpid()
 
 
+# --- replacing the PID in a held file -------------------------------------
+
+
+def test_replace_pid_keeps_lock_and_inode(
+    pidpath: Path, sleeper: tuple[int, int]
+) -> None:
+    child, _ = sleeper
+    with pidsafe.PidFile(pidpath) as pidfile:
+        before = os.stat(pidpath)
+        pidfile._replace_pid(child)
+
+        after = os.stat(pidpath)
+        assert pidpath.read_bytes() == b"%d\n" % child
+        assert pidfile.pid == child
+        assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
+        assert after.st_mtime_ns >= before.st_mtime_ns
+        assert flock_held(after) is True
+        assert f"naming PID {child}" in repr(pidfile)
+        with pytest.raises(pidsafe.AlreadyRunning) as caught:
+            pidsafe.PidFile(pidpath).acquire()
+        assert caught.value.pid == child
+    assert not pidpath.exists()  # the acquiring process still removes it
+
+
+def test_replace_pid_when_not_held(pidpath: Path) -> None:
+    pidfile = pidsafe.PidFile(pidpath)
+    with pytest.raises(ValueError, match="not held"):
+        pidfile._replace_pid(os.getpid())
+    assert not pidpath.exists()
+
+
+@pytest.mark.parametrize("pid", [0, -1])
+def test_replace_pid_rejects_invalid_pid(pidpath: Path, pid: int) -> None:
+    with pidsafe.PidFile(pidpath) as pidfile:
+        with pytest.raises(ValueError, match="outside the range"):
+            pidfile._replace_pid(pid)
+        assert pidpath.read_bytes() == b"%d\n" % os.getpid()
+
+
+def test_replace_pid_write_failure(
+    pidpath: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pidsafe.PidFile(pidpath) as pidfile:
+
+        def fail(fd: int, data: bytes, offset: int) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(_hold.os, "pwrite", fail)
+        with pytest.raises(pidsafe.PidfileError, match="cannot write PID 1") as caught:
+            pidfile._replace_pid(1)
+        monkeypatch.undo()
+
+        assert caught.value.errno == errno.ENOSPC
+        assert pidfile.pid == os.getpid()
+        assert flock_held(os.stat(pidpath)) is True
+    assert not pidpath.exists()
+
+
 # --- fork --------------------------------------------------------------------
 
 

@@ -49,7 +49,7 @@ from ._path import (
     file_reason,
     open_parent,
 )
-from ._process import check_writer, is_alive
+from ._process import check_writer, is_alive, validate_pid
 from ._read import logger, read_capped
 
 # O_NONBLOCK keeps a FIFO planted at the name from blocking the open, and
@@ -82,6 +82,7 @@ _FORBIDDEN_MODE_BITS: Final = ~0o755
 #: Test seam: when set, `acquire` calls it with "opened" (the file exists
 #: and passed its checks, not yet locked), "locked", "truncated" and
 #: "written", so that tests can kill or pause a starter at an exact point.
+#: Replacing the PID in a held file also calls it with "truncated".
 step_hook: Callable[[str], None] | None = None
 
 
@@ -312,6 +313,21 @@ def _check_unlocked(fd: int, st: os.stat_result, display: str) -> None:
     )
 
 
+def _replace_contents(fd: int, pid: int) -> None:
+    """Truncate the locked file at `fd` and write ``"<pid>\\n"`` in one write.
+
+    Truncating first means a reader sees either an empty file, which a
+    locked file's readers take for a holder still starting, or the whole
+    new PID, never a mix of the old and new digits. Raises OSError.
+    """
+    data = b"%d\n" % pid
+    os.ftruncate(fd, 0)
+    _step("truncated")
+    written = os.pwrite(fd, data, 0)
+    if written != len(data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
 def _write_pid(fd: int, st: os.stat_result, target: _Target, created: bool) -> int:
     """Truncate the locked file and write our PID in one write.
 
@@ -321,13 +337,8 @@ def _write_pid(fd: int, st: os.stat_result, target: _Target, created: bool) -> i
     The caller still owns `fd` and closes it, which releases the lock.
     """
     pid = os.getpid()
-    data = b"%d\n" % pid
     try:
-        os.ftruncate(fd, 0)
-        _step("truncated")
-        written = os.pwrite(fd, data, 0)
-        if written != len(data):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        _replace_contents(fd, pid)
     except OSError as exc:
         if created:
             _remove_created(target, st)
@@ -369,12 +380,13 @@ def _remove_created(target: _Target, st: os.stat_result) -> None:
 
 
 class _Held(NamedTuple):
-    """State of a held PID file: where it is, its lock fd, inode and PID."""
+    """State of a held PID file: where it is, its lock fd, inode and PIDs."""
 
     target: _Target
     fd: int  # holds the lock
     st: os.stat_result  # identifies the held inode
-    pid: int  # the acquiring process, also the PID in the file
+    owner: int  # the acquiring process, the only one that may remove the file
+    pid: int  # the PID in the file: the owner's, unless replaced since
 
 
 def _acquire_at(target: _Target, mode: int) -> _Held:
@@ -415,7 +427,7 @@ def _lock_opened(
 
     _check_unlocked(fd, st, target.display)
     pid = _write_pid(fd, st, target, created)
-    return _Held(target, fd, st, pid)
+    return _Held(target, fd, st, pid, pid)
 
 
 # Every PidFile that holds a file in this process. It is a strong registry
@@ -500,7 +512,11 @@ class PidFile(contextlib.ContextDecorator):
 
     @property
     def pid(self) -> int | None:
-        """The PID written to the file while held by this process, else None."""
+        """The PID in the file while this process holds it, else None.
+
+        It is this process's PID unless ``pidsafe run`` replaced it with the
+        PID of the command it supervises.
+        """
         held = self._held
         return None if held is None else held.pid
 
@@ -546,6 +562,35 @@ class PidFile(contextlib.ContextDecorator):
         _HOLDERS.add(self)
         logger.debug("acquired PID file %s as PID %d", display, self._held.pid)
 
+    def _replace_pid(self, pid: int) -> None:
+        """Write `pid` into the held file in place of the current PID.
+
+        A supervisor calls it so that its file names the child it runs
+        rather than itself. The lock is held throughout, and the file keeps its inode,
+        so a second starter still fails and a reader never sees the file
+        missing. Readers may see it empty for an instant, which they report
+        as a holder still starting. Only the acquiring process still removes
+        the file on release.
+
+        Raises ValueError if the file is not held by this process, and
+        PidfileError if the write fails, which leaves the file held and
+        possibly empty.
+        """
+        held = self._held
+        if held is None or held.owner != os.getpid():
+            raise ValueError(f"PID file {self.path} is not held by this process")
+        validate_pid(pid)
+        try:
+            _replace_contents(held.fd, pid)
+        except OSError as exc:
+            raise PidfileError(
+                held.target.display,
+                f"cannot write PID {pid}: {exc.strerror}",
+                exc.errno,
+            ) from None
+        self._held = held._replace(pid=pid)
+        logger.debug("PID file %s now names PID %d", held.target.display, pid)
+
     def release(self) -> None:
         """Remove the file and release the lock; do nothing if not held.
 
@@ -560,7 +605,7 @@ class PidFile(contextlib.ContextDecorator):
         self._held = None
         _HOLDERS.discard(self)
         try:
-            if held.pid == os.getpid():
+            if held.owner == os.getpid():
                 _unlink_if_same(held.target, held.st)
         finally:
             os.close(held.fd)
@@ -591,5 +636,10 @@ class PidFile(contextlib.ContextDecorator):
 
     def __repr__(self) -> str:
         held = self._held
-        state = "not held" if held is None else f"held by PID {held.pid}"
+        if held is None:
+            state = "not held"
+        elif held.pid == held.owner:
+            state = f"held by PID {held.owner}"
+        else:
+            state = f"held by PID {held.owner}, naming PID {held.pid}"
         return f"PidFile({self.path!r}, {state})"

@@ -5,8 +5,11 @@ Exit codes follow what init scripts expect. ``status`` uses the LSB codes:
 ``read`` exits 0 after printing the PID, 1 when the file cannot be read
 safely. ``clean`` exits 0 when the file was stale and removed or is absent,
 1 when it is in use, 4 when it was refused. ``runtime-dir`` exits 0 after
-printing the directory, 1 when no safe directory is available. Usage errors
-exit 2.
+printing the directory, 1 when no safe directory is available. ``run``
+exits with the command's status (128 + N when signal N killed it), 3 when
+another instance holds the PID file, 125 when pidsafe itself fails, and
+126 or 127 when the command cannot be executed or is not found. Usage
+errors exit 2.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 from . import __version__
 from ._errors import PidfileError
 from ._read import PidfileRecord, read_pidfile
+from ._run import RunRequest, run
 from ._runtime import runtime_dir
 from ._status import Status, clean_pidfile, status
 
@@ -127,6 +131,60 @@ def _run_runtime_dir(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_run(args: argparse.Namespace) -> int:
+    if args.log is not None and not args.background:
+        print("pidsafe run: --log needs --background", file=sys.stderr)
+        return 2
+    request = RunRequest(
+        pidfile=args.pidfile,
+        command=args.command,
+        mode=args.mode,
+        background=args.background,
+        log=args.log,
+    )
+    return run(request)
+
+
+def _add_run(commands: Any) -> None:
+    run_parser = commands.add_parser(
+        "run",
+        help="hold a PID file while a command runs",
+        description=(
+            "Hold PATH while COMMAND runs. In supervise mode the file names "
+            "a child that runs COMMAND; signals are passed on to it, and "
+            "the file is removed when it exits. In exec mode pidsafe "
+            "becomes COMMAND, which inherits the lock."
+        ),
+    )
+    run_parser.add_argument(
+        "--pidfile", required=True, metavar="PATH", help="the PID file to hold"
+    )
+    run_parser.add_argument(
+        "--mode",
+        choices=("supervise", "exec"),
+        default="supervise",
+        help="supervise COMMAND as a child (default), or exec it",
+    )
+    run_parser.add_argument(
+        "--background",
+        action="store_true",
+        help="detach, and return once the PID file names the running command",
+    )
+    run_parser.add_argument(
+        "--log",
+        metavar="FILE",
+        help="with --background: append COMMAND's output to FILE (mode 0600) "
+        "instead of discarding it",
+    )
+    run_parser.add_argument(
+        "command",
+        nargs="+",
+        metavar="COMMAND",
+        help="the command and its arguments, after --",
+    )
+    run_parser.set_defaults(handler=_run_run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser for the ``pidsafe`` command."""
     parser = argparse.ArgumentParser(
@@ -168,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-create", action="store_true", help="fail instead of creating it"
     )
     runtime.set_defaults(handler=_run_runtime_dir)
+
+    _add_run(commands)
 
     for sub in (read, check, clean):
         sub.add_argument("path", metavar="PATH", help="the PID file")
