@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser for the ``pidsafe`` command."""
     parser = argparse.ArgumentParser(
         prog="pidsafe",
-        description="Read, check and remove PID files safely.",
+        description="Create, hold, read, check and remove PID files safely.",
     )
     parser.add_argument("--version", action="version", version=f"pidsafe {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
