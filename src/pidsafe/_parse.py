@@ -90,8 +90,9 @@ def _find_bad_byte(body: bytes, start: int) -> str:
 def parse_pid(data: bytes | bytearray) -> int:
     """Parse the contents of a PID file and return the PID.
 
-    Raises `PidSyntaxError` naming the first problem: empty, too large,
-    a byte outside the grammar, or a value outside 1..pid_max().
+    Raises ValueError (the private subclass `PidSyntaxError`) whose message
+    names the first problem: empty, too large, a byte outside the grammar,
+    or a value outside 1..pid_max().
     """
     data = bytes(data)
     if not data:
