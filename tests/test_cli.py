@@ -396,3 +396,44 @@ def test_version() -> None:
 
     assert result.returncode == 0
     assert result.stdout == f"pidsafe {pidsafe.__version__}\n"
+
+
+def test_clean_json_exit_code_is_cleans(tmp_path: Path) -> None:
+    path = tmp_path / "running.pid"
+    path.write_text(f"{os.getpid()}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "pidsafe", "clean", "--json", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    data = json.loads(done.stdout)
+    assert done.returncode == 1
+    assert data["exit_code"] == 1
+    assert data["removed"] is False
+
+
+def test_stale_untrusted_line_says_so(tmp_path: Path) -> None:
+    directory = tmp_path / "open"
+    directory.mkdir()
+    directory.chmod(0o777)
+    path = directory / "gone.pid"
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    path.write_text(child.stdout)
+    done = subprocess.run(
+        [sys.executable, "-m", "pidsafe", "status", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "stale" in done.stdout
+    assert f"(untrusted file: directory {directory} is writable" in done.stdout

@@ -80,16 +80,14 @@ def _run_read(args: argparse.Namespace) -> int:
 
 
 def _describe(found: Status) -> str:
+    trust = ""
+    if found.record is not None and not found.record.trusted:
+        trust = f" (untrusted file: {found.record.reason})"
     if found.state == "running":
-        trust = (
-            ""
-            if found.record is None or found.record.trusted
-            else (f" (untrusted file: {found.record.reason})")
-        )
         return f"{found.path}: running, PID {found.pid}{trust}"
     if found.pid is not None:
-        return f"{found.path}: {found.state}, PID {found.pid}: {found.reason}"
-    return f"{found.path}: {found.state}: {found.reason}"
+        return f"{found.path}: {found.state}, PID {found.pid}: {found.reason}{trust}"
+    return f"{found.path}: {found.state}: {found.reason}{trust}"
 
 
 def _run_status(args: argparse.Namespace) -> int:
@@ -108,17 +106,17 @@ def _run_clean(args: argparse.Namespace) -> int:
         _error(exc, args.json)
         return 4
     removed = found.state == "stale"
+    code = 0 if removed or found.state == "absent" else 1
     if args.json:
-        _print_json({**_status_json(found), "removed": removed})
+        # exit_code is clean's own exit status, not the status command's.
+        _print_json({**_status_json(found), "removed": removed, "exit_code": code})
     elif removed:
         print(f"{found.path}: removed stale PID file ({found.reason})")
     elif found.state == "absent":
         print(f"{found.path}: no PID file")
     else:
         print(f"{found.path}: kept, {_describe(found).split(': ', 1)[1]}")
-    if removed or found.state == "absent":
-        return 0
-    return 1
+    return code
 
 
 def _run_runtime_dir(args: argparse.Namespace) -> int:
