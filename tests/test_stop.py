@@ -1,4 +1,4 @@
-"""stop and signal_pidfile against real processes.
+"""stop and signal_pidfile against real processes, and the stop command.
 
 The processes under test run ``signal_child.py``, which appends every
 signal it catches to a log, so a test can tell which process received
@@ -1029,3 +1029,211 @@ def test_untrusted_file_own_process_stopped(
     assert result.kept_reason is not None
     assert result.kept_reason.startswith("refusing to clean it: directory ")
     assert path.exists()
+
+
+# The stop and signal commands.
+
+
+def run_cli(*args: str | Path, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pidsafe", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=3 * WAIT_LIMIT,
+        check=False,
+        **kwargs,
+    )
+
+
+def test_cli_stop_exit_0(piddir: Path, pidfile: Path) -> None:
+    with signal_child(piddir, "exit") as child:
+        write_pid(pidfile, child.pid)
+
+        done = run_cli("stop", pidfile, "--retry", "TERM/5")
+
+        wait_exit(child)
+    assert done.returncode == 0
+    assert done.stdout == (
+        f"{pidfile}: stopped PID {child.pid} (sent SIGTERM); removed the PID file\n"
+    )
+    assert done.stderr == ""
+
+
+def test_cli_stop_exit_1(pidfile: Path) -> None:
+    done = run_cli("stop", pidfile)
+
+    assert done.returncode == 1
+    assert done.stdout == f"{pidfile}: nothing to stop: no PID file\n"
+
+
+def test_cli_stop_exit_2(piddir: Path, pidfile: Path) -> None:
+    with signal_child(piddir, "ignore") as child:
+        write_pid(pidfile, child.pid)
+
+        done = run_cli("stop", pidfile, "--retry", "TERM/0.2")
+
+        assert child.alive()
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr == (
+        f"pidsafe: pid file {pidfile}: PID {child.pid} is still running after "
+        "the schedule TERM/0.2\n"
+    )
+
+
+@pytest.mark.needs_procfs
+def test_cli_stop_exit_3_refused(piddir: Path, pidfile: Path) -> None:
+    with signal_child(piddir, "exit") as child:
+        write_pid(pidfile, child.pid, mtime_ns=start_ns(child.pid) - 5 * SECOND)
+
+        done = run_cli("stop", pidfile)
+
+        assert child.received() == []
+    assert done.returncode == 3
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1
+    assert done.stderr.startswith(
+        f"pidsafe: pid file {pidfile}: refusing to signal process {child.pid}: "
+    )
+
+
+@pytest.mark.parametrize(
+    ("contents", "args", "message"),
+    [
+        ("-1\n", [], "contains a sign '-' at offset 0"),
+        ("1\n", [], "refusing to signal process 1, the init process"),
+        ("", ["--retry", "TERM/x"], "invalid schedule 'TERM/x'"),
+    ],
+    ids=["negative", "pid1", "bad-schedule"],
+)
+def test_cli_stop_exit_3(
+    pidfile: Path, contents: str, args: list[str], message: str
+) -> None:
+    pidfile.write_text(contents)
+
+    done = run_cli("stop", pidfile, *args)
+
+    assert done.returncode == 3
+    assert message in done.stderr
+    assert done.stderr.count("\n") == 1
+
+
+def test_cli_stop_json(piddir: Path, pidfile: Path) -> None:
+    with signal_child(piddir, "ignore") as child:
+        write_pid(pidfile, child.pid)
+
+        done = run_cli("stop", pidfile, "--retry", "TERM/0.2/KILL/5", "--json")
+
+        wait_exit(child)
+    data = json.loads(done.stdout)
+    assert done.returncode == 0
+    assert data["outcome"] == "stopped"
+    assert data["exit_code"] == 0
+    assert data["pid"] == child.pid
+    assert [s["signal"] for s in data["signals"]] == ["SIGTERM", "SIGKILL"]
+    assert data["removed"] is True
+    assert set(data) == {
+        "path",
+        "pid",
+        "outcome",
+        "exit_code",
+        "signals",
+        "removed",
+        "reason",
+        "kept_reason",
+    }
+
+
+def test_cli_signal_exit_codes(piddir: Path, pidfile: Path) -> None:
+    with signal_child(piddir, "ignore") as child:
+        write_pid(pidfile, child.pid)
+
+        sent_hup = run_cli("signal", pidfile, "HUP")
+        probed = run_cli("signal", pidfile, "0", "--json")
+        refused = run_cli("signal", pidfile, "TERM", "--expect-uid", "12345")
+
+        assert child.alive()
+    pidfile.unlink()
+    missing = run_cli("signal", pidfile, "TERM")
+
+    assert sent_hup.returncode == 0
+    assert sent_hup.stdout == f"{pidfile}: sent SIGHUP to PID {child.pid}\n"
+    assert child.received() == ["SIGHUP"]
+    assert probed.returncode == 0
+    assert json.loads(probed.stdout)["signal"] == "signal 0"
+    assert refused.returncode == 3
+    assert "not as the expected uid 12345" in refused.stderr
+    assert missing.returncode == 1
+    assert missing.stderr == f"pidsafe: pid file {pidfile}: does not exist\n"
+
+
+def test_cli_stop_silent_without_terminal(piddir: Path, pidfile: Path) -> None:
+    with signal_child(piddir, "ignore") as child:
+        write_pid(pidfile, child.pid)
+
+        done = run_cli("stop", pidfile, "--retry", "TERM/0.5/KILL/5")
+
+        wait_exit(child)
+    assert done.returncode == 0
+    assert done.stderr == ""
+    assert "\r" not in done.stdout
+
+
+def _read_terminal(fd: int, process: subprocess.Popen[str]) -> bytes:
+    """Read from a pty master until the child exits, within WAIT_LIMIT."""
+    output = b""
+    deadline = time.monotonic() + WAIT_LIMIT
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError as exc:
+                # Linux reports the closed slave side as EIO.
+                if exc.errno != errno.EIO:
+                    raise
+                break
+            if not chunk:
+                break
+            output += chunk
+        elif process.poll() is not None:
+            break
+    return output
+
+
+def test_cli_stop_countdown_on_terminal(piddir: Path, pidfile: Path) -> None:
+    master, slave = os.openpty()
+    with signal_child(piddir, "ignore") as child:
+        write_pid(pidfile, child.pid)
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "pidsafe", "stop", str(pidfile)),
+                *("--retry", "TERM/1.5/KILL/5"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            text=True,
+        )
+        os.close(slave)
+        try:
+            terminal = _read_terminal(master, process).decode()
+            output, _ = process.communicate(timeout=WAIT_LIMIT)
+        finally:
+            os.close(master)
+            if process.poll() is None:
+                process.kill()
+                process.wait(WAIT_LIMIT)
+        wait_exit(child)
+
+    assert process.returncode == 0
+    line = f"pidsafe: PID {child.pid}: SIGTERM, waiting for it to exit: "
+    assert f"\r{line}2 s of 1.5 s left" in terminal
+    assert f"\r{line}1 s of 1.5 s left" in terminal
+    # The line is cleared before the result goes to standard output.
+    assert terminal.endswith("\r")
+    assert "\n" not in terminal
+    assert output == (
+        f"{pidfile}: stopped PID {child.pid} (sent SIGTERM, SIGKILL); "
+        "removed the PID file\n"
+    )
