@@ -1,24 +1,25 @@
 """A child process that records the signals it receives.
 
 Usage: ``python signal_child.py LOG MODE [--thread] [--lock PATH]
-[--name NAME] [--exit-after N] [--lifetime SECONDS]``
+[--name NAME] [--exit-after N] [--cleanup SECONDS] [--lifetime SECONDS]``
 
-Every catchable signal in `RECORDED` appends a line "SIGNAME MONOTONIC" to
-LOG, opened with O_APPEND, and is otherwise ignored, so that a stray
+Every catchable signal in `RECORDED` appends a line "SIGNAME MONOTONIC"
+to LOG, opened with O_APPEND, and is otherwise ignored, so that a stray
 signal cannot end the child before the test reads its record. MODE sets
 what SIGTERM does after it is recorded: "exit" appends "exit MONOTONIC"
-and exits with status 0, "ignore" keeps running, and "rename" changes the
-command name to "renamed" and keeps running. SIGKILL cannot be recorded;
-the parent sees it in the exit status. MONOTONIC is CLOCK_MONOTONIC in
-seconds, which all processes on the machine share.
+and exits with status 0, "ignore" keeps running, and "rename" changes
+the command name to "renamed" and keeps running. SIGKILL cannot be
+recorded, so the parent reads it from the exit status. MONOTONIC is
+CLOCK_MONOTONIC in seconds, which all processes on the machine share.
 
 Options: ``--thread`` starts a second thread and prints its thread ID;
 ``--lock PATH`` takes an exclusive flock on PATH and writes the child's
 PID there; ``--name NAME`` sets the command name; ``--exit-after N``
-exits after N recorded signals of any kind. The child prints one line,
-"ready" or "ready TID", when it is set up, and exits by itself after
-``--lifetime`` seconds (default 60) so that a broken test cannot leave it
-behind.
+exits after N recorded signals of any kind; ``--cleanup SECONDS`` makes
+an exit wait that long first, as a service that cleans up would. The
+child prints one line, "ready" or "ready TID", when it is set up, and
+exits by itself after ``--lifetime`` seconds (default 60) so that a
+broken test cannot leave it behind.
 
 Only the standard library is used, so that the bench and other users'
 interpreters can run this file's source with ``python -c``.
@@ -51,16 +52,20 @@ def set_name(name: str) -> None:
 
 
 class Recorder:
-    def __init__(self, log: str, mode: str, exit_after: int | None) -> None:
+    def __init__(
+        self, log: str, mode: str, exit_after: int | None, cleanup: float
+    ) -> None:
         self.fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self.mode = mode
         self.exit_after = exit_after
+        self.cleanup = cleanup
         self.count = 0
 
     def write(self, text: str) -> None:
         os.write(self.fd, f"{text} {time.monotonic():.6f}\n".encode())
 
     def exit(self) -> None:
+        time.sleep(self.cleanup)
         self.write("exit")
         os._exit(0)
 
@@ -82,6 +87,10 @@ def start_thread(lifetime: float) -> int:
     thread_ids: list[int] = []
 
     def run() -> None:
+        # A signal sent to the process goes to any thread that does not
+        # block it. Blocking here sends it to the main thread, which runs
+        # the handler at once instead of after its sleep.
+        signal.pthread_sigmask(signal.SIG_BLOCK, RECORDED)
         thread_ids.append(threading.get_native_id())
         started.set()
         time.sleep(lifetime)
@@ -108,10 +117,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--lock")
     parser.add_argument("--name")
     parser.add_argument("--exit-after", type=int)
+    parser.add_argument("--cleanup", type=float, default=0.0)
     parser.add_argument("--lifetime", type=float, default=60.0)
     args = parser.parse_args(argv)
 
-    recorder = Recorder(args.log, args.mode, args.exit_after)
+    recorder = Recorder(args.log, args.mode, args.exit_after, args.cleanup)
     for signum in RECORDED:
         signal.signal(signum, recorder.handle)
     if args.name is not None:
