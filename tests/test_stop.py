@@ -15,7 +15,9 @@ import errno
 import itertools
 import json
 import os
+import pwd
 import select
+import shlex
 import shutil
 import signal
 import subprocess
@@ -30,7 +32,7 @@ from typing import Any, Callable, NamedTuple
 import pytest
 
 import pidsafe
-from _users import interpreter_for, run_as, unprivileged_users
+from _users import SOURCE_DIR, interpreter_for, run_as, unprivileged_users
 from child_process import WAIT_LIMIT, lock_holder, reaped_pid, zombie
 from pidsafe import (
     IdentityMismatch,
@@ -1029,6 +1031,78 @@ def test_untrusted_file_own_process_stopped(
     assert result.kept_reason is not None
     assert result.kept_reason.startswith("refusing to clean it: directory ")
     assert path.exists()
+
+
+@pytest.mark.needs_users
+@pytest.mark.needs_procfs
+def test_unprivileged_caller_permission_error(
+    two_users: tuple[Any, ...], user_sandbox: Path
+) -> None:
+    # A caller that may not signal the process gets a PidfilePermissionError
+    # that names the signal, and the process gets nothing.
+    caller, _ = two_users
+    path = user_sandbox / "app.pid"
+    with signal_child(user_sandbox, "exit") as child:
+        write_pid(path, child.pid)
+
+        results = run_as(caller, ["pidsafe", SOURCE_DIR, "stop", str(path)])
+
+        time.sleep(0.05)
+        assert child.alive()
+        assert child.received() == []
+    assert results[0]["error"] == "PidfilePermissionError"
+    assert results[0]["message"] == (
+        f"pid file {path}: permission denied sending SIGTERM to process {child.pid}"
+    )
+    assert path.exists()
+
+
+def _unused_uid() -> int:
+    for uid in range(61_000, 62_000):
+        try:
+            pwd.getpwuid(uid)
+        except KeyError:
+            return uid
+    raise AssertionError("no unused uid in 61000..61999")
+
+
+@pytest.mark.needs_mountns
+@pytest.mark.needs_pidfd
+def test_stop_refuses_hidden_process(user_sandbox: Path) -> None:
+    # With /proc mounted hidepid=2, an unprivileged caller cannot read the
+    # identity of another user's process, so it must not signal it.
+    path = user_sandbox / "app.pid"
+    uid = _unused_uid()
+    with signal_child(user_sandbox, "exit") as child:
+        write_pid(path, child.pid)
+        probe = (
+            "import os, pidsafe\n"
+            f"os.setgroups([]); os.setgid({uid}); os.setuid({uid})\n"
+            "try:\n"
+            f"    pidsafe.stop({str(path)!r})\n"
+            "except pidsafe.PidfileError as exc:\n"
+            "    print(type(exc).__name__, exc.reason)\n"
+        )
+        script = (
+            "mount -t proc -o hidepid=2 proc /proc\n"
+            f"{shlex.quote(sys.executable)} -c {shlex.quote(probe)}\n"
+        )
+        result = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-ec", script],
+            capture_output=True,
+            text=True,
+            timeout=3 * WAIT_LIMIT,
+            check=False,
+        )
+
+        assert child.alive()
+        assert child.received() == []
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        f"IdentityMismatch refusing to signal process {child.pid}: its /proc "
+        "entry is hidden (the hidepid mount option), so its identity cannot "
+        "be checked"
+    )
 
 
 # The stop and signal commands.

@@ -233,6 +233,10 @@ class _PidfdHandle:
             signal.pidfd_send_signal(self.pidfd, 0)
         except ProcessLookupError:
             return False
+        except PermissionError:
+            # The kernel looks the process up before it checks permission,
+            # so EPERM means the process exists.
+            return True
         return True
 
     def send(self, sig: int) -> bool:
