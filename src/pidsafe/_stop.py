@@ -803,7 +803,11 @@ def _stop_steps(
         raise ValueError(f"invalid schedule {schedule!r}: {exc}") from None
 
 
-def _signal_number(sig: signal.Signals | int | str) -> int:
+def signal_number(sig: signal.Signals | int | str) -> int:
+    """Return `sig` (a signal, a number, a name or "0") as a number.
+
+    Raises ValueError for an unknown name or a number outside 0..NSIG-1.
+    """
     if isinstance(sig, str):
         # Signal 0 sends nothing, which parse_signal rejects for schedules.
         if sig.lstrip("-") == "0":
@@ -937,7 +941,7 @@ def signal_pidfile(
     process has exited (or the file is empty and not locked), and
     otherwise what `stop` raises.
     """
-    number = _signal_number(sig)
+    number = signal_number(sig)
     checks = _make_checks(expect_exe, expect_name, expect_uid, allow_pid1, allow_self)
     location = _open_location(path, as_trusted(trusted_uids))
     try:

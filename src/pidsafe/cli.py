@@ -26,9 +26,15 @@ from . import __version__
 from ._errors import NotRunning, PidfileError, PidfileMissing
 from ._read import PidfileRecord, read_pidfile
 from ._runtime import runtime_dir
-from ._schedule import parse_signal
 from ._status import Status, clean_pidfile, status
-from ._stop import DEFAULT_SCHEDULE, StopProgress, StopResult, signal_pidfile, stop
+from ._stop import (
+    DEFAULT_SCHEDULE,
+    StopProgress,
+    StopResult,
+    signal_number,
+    signal_pidfile,
+    stop,
+)
 
 
 def _print_json(data: dict[str, Any]) -> None:
@@ -142,7 +148,7 @@ def _argument_error(path: str, exc: Exception, as_json: bool) -> None:
         reason = str(exc)
     if as_json:
         _print_json({"path": path, "error": type(exc).__name__, "reason": reason})
-    print(f"pidsafe: {reason}", file=sys.stderr)
+    print(f"pidsafe: pid file {path}: {reason}", file=sys.stderr)
 
 
 def _check_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -266,19 +272,12 @@ def _run_signal(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         _argument_error(args.path, exc, args.json)
         return 3
-    name = _signal_name(_parse_sig(args.sig))
+    name = _signal_name(signal_number(args.sig))
     if args.json:
         _print_json({"path": args.path, "pid": pid, "signal": name, "exit_code": 0})
     else:
         print(f"{args.path}: sent {name} to PID {pid}")
     return 0
-
-
-def _parse_sig(text: str) -> int:
-    # signal_pidfile accepted it, so it is "0" or a valid signal.
-    if text.lstrip("-") == "0":
-        return 0
-    return int(parse_signal(text))
 
 
 def _add_process_checks(sub: argparse.ArgumentParser) -> None:
