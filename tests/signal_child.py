@@ -6,11 +6,12 @@ Usage: ``python signal_child.py LOG MODE [--thread] [--lock PATH]
 Every catchable signal in `RECORDED` appends a line "SIGNAME MONOTONIC"
 to LOG, opened with O_APPEND, and is otherwise ignored, so that a stray
 signal cannot end the child before the test reads its record. MODE sets
-what SIGTERM does after it is recorded: "exit" appends "exit MONOTONIC"
-and exits with status 0, "ignore" keeps running, and "rename" changes
-the command name to "renamed" and keeps running. SIGKILL cannot be
-recorded, so the parent reads it from the exit status. MONOTONIC is
-CLOCK_MONOTONIC in seconds, which all processes on the machine share.
+what happens next: with "exit", SIGTERM appends "exit MONOTONIC" and
+exits with status 0; with "ignore", the child keeps running; with
+"rename", every recorded signal changes the command name to "renamed"
+and the child keeps running. SIGKILL cannot be recorded, so the parent
+reads it from the exit status. MONOTONIC is CLOCK_MONOTONIC in seconds,
+which all processes on the machine share.
 
 Options: ``--thread`` starts a second thread and prints its thread ID;
 ``--lock PATH`` takes an exclusive flock on PATH and writes the child's
@@ -74,12 +75,10 @@ class Recorder:
         self.count += 1
         if self.exit_after is not None and self.count >= self.exit_after:
             self.exit()
-        if signum != signal.SIGTERM:
-            return
-        if self.mode == "exit":
-            self.exit()
         if self.mode == "rename":
             set_name("renamed")
+        elif self.mode == "exit" and signum == signal.SIGTERM:
+            self.exit()
 
 
 def start_thread(lifetime: float) -> int:

@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -758,6 +759,27 @@ def test_recheck_before_next_signal(piddir: Path, pidfile: Path) -> None:
         "'renamed', not 'daemon'"
     )
     assert result.removed is False
+
+
+@pytest.mark.needs_procfs
+def test_recheck_after_initial_wait(piddir: Path, pidfile: Path) -> None:
+    # A schedule may wait before its first signal. The check made before
+    # the wait is stale by then, so the process is checked again, and a
+    # failure before anything was sent raises like the first check.
+    with signal_child(piddir, "rename", "--name", "daemon") as child:
+        write_pid(pidfile, child.pid)
+        renamer = threading.Timer(0.1, os.kill, (child.pid, signal.SIGUSR1))
+        renamer.start()
+
+        with pytest.raises(IdentityMismatch) as caught:
+            stop(pidfile, schedule="0.5/TERM/5", expect_name="daemon")
+
+        renamer.join(WAIT_LIMIT)
+        assert child.alive()
+        assert child.received() == ["SIGUSR1"]
+    assert caught.value.reason == (
+        f"refusing to signal process {child.pid}: it is named 'renamed', not 'daemon'"
+    )
 
 
 # Races through the test seam.

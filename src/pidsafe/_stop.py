@@ -686,6 +686,9 @@ class _Run:
         self.shown = shown
         self.progress = progress
         self.sent: list[SentSignal] = []
+        # True while nothing has happened since the check that pinned the
+        # process, so the first signal needs no second check.
+        self.just_pinned = True
 
     @property
     def pid(self) -> int:
@@ -697,36 +700,48 @@ class _Run:
         last = self.sent[-1].signal.name
         return "stopped", f"process {self.pid} exited after {last}"
 
+    def refuse(self, error: PidfileError, gap: str) -> tuple[Outcome, str]:
+        """Raise `error` if nothing was sent yet, else end the run as failed."""
+        if not self.sent:
+            raise error
+        return "failed", f"stopped sending signals to process {self.pid}: {gap}"
+
     def recheck(self) -> tuple[Outcome, str] | None:
-        """Check the process again before a later signal.
+        """Check the process again before a signal.
 
         Returns the outcome that ends the schedule: the process exited, or
         it no longer passes a check (it ran ``exec`` or changed its uid).
+        A failed check before the first signal raises instead, as the
+        first check does.
         """
         handle = self.pinned.handle
         try:
             seen = _inspect(handle, self.checks, self.shown)
         except PidfileError as exc:
-            return "failed", exc.reason
+            return self.refuse(exc, exc.reason)
         if seen is None or seen.info.state == "Z":
             return self.exited()
-        # Only the kill fallback can see another process here: a pidfd
-        # keeps its PID number until this very check confirmed it.
+        # Only the kill fallback can see another process here. With a
+        # pidfd, _inspect confirmed that the pinned process was not reaped
+        # after the reads, so they describe that process.
         if seen.info.start_token != self.pinned.seen.info.start_token:
             return self.exited()
-        gap = _trust_gap(self.pinned.record, seen.info) or _matcher_gap(
-            seen, self.checks
-        )
+        refusing = f"refusing to signal process {self.pid}"
+        gap = _trust_gap(self.pinned.record, seen.info)
         if gap is not None:
-            return "failed", f"stopped sending signals to process {self.pid}: {gap}"
+            return self.refuse(InsecurePidfile(self.shown, f"{refusing}: {gap}"), gap)
+        gap = _matcher_gap(seen, self.checks)
+        if gap is not None:
+            return self.refuse(IdentityMismatch(self.shown, f"{refusing}: {gap}"), gap)
         return None
 
     def send(self, sig: signal.Signals) -> tuple[Outcome, str] | None:
         """Send `sig` after the identity check; return an ending outcome."""
-        if self.sent:
+        if not self.just_pinned:
             ended = self.recheck()
             if ended is not None:
                 return ended
+        self.just_pinned = False
         _step("signal")
         try:
             delivered = self.pinned.handle.send(sig)
@@ -743,6 +758,7 @@ class _Run:
 
     def wait(self, seconds: float) -> bool:
         """Wait up to `seconds` for the exit, reporting progress."""
+        self.just_pinned = False
         progress = self.progress
         if progress is None:
             return self.pinned.handle.wait(seconds, None)
@@ -854,7 +870,9 @@ def stop(
     `expect_exe` (same device and inode as the running executable),
     `expect_name` (the kernel's command name, compared on its first 15
     bytes) and `expect_uid` (real uid) narrow the match further. The
-    identity is checked again before every later signal of the schedule.
+    identity is checked again before every signal that follows a wait or
+    another signal. Once a signal was sent, a failed check ends the
+    schedule with the outcome "failed" instead of raising.
 
     With `USES_PIDFD`, every signal goes through a pidfd opened before the
     final check, and exits are noticed by polling it. `progress`, if given,
