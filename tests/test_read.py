@@ -21,6 +21,7 @@ from pidsafe import (
     IdentityMismatch,
     InsecurePidfile,
     InvalidPidfile,
+    NotRunning,
     PidfileError,
     PidfileMissing,
     PidfileNotRegular,
@@ -474,6 +475,7 @@ DEFAULT_ERRNOS: dict[type[PidfileError], int | None] = {
     UnsafeSymlink: errno.EPERM,
     AlreadyRunning: errno.EAGAIN,
     IdentityMismatch: errno.ESRCH,
+    NotRunning: errno.ESRCH,
     UnsupportedPlatform: errno.ENOSYS,
     RuntimeDirError: errno.EPERM,
 }

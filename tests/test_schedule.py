@@ -76,6 +76,11 @@ def test_forever_repeats_rest() -> None:
     assert steps == (TERM, Wait(5), Forever(), KILL, Wait(1))
 
 
+def test_signal_names_with_digits() -> None:
+    expected = (SendSignal(signal.SIGUSR1), Wait(1), SendSignal(signal.SIGUSR2))
+    assert parse_schedule("USR1/1/SIGUSR2") == expected
+
+
 def test_schedule_without_kill_is_allowed() -> None:
     assert parse_schedule("TERM/1") == (TERM, Wait(1))
 
@@ -93,7 +98,8 @@ def test_schedule_without_kill_is_allowed() -> None:
         ("TERM/forever/KILL/0", "repeats without waiting"),
         ("TERM/1e3", "not a signal"),
         ("TERM/-1.5", "not a signal"),
-        ("TERM/abc1", "not a signal"),
+        ("TERM/1abc", "not a signal"),
+        ("TERM/abc1", "unknown signal name"),
         ("NOPE/5", "unknown signal name"),
     ],
 )

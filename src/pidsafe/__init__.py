@@ -5,6 +5,8 @@ regular file, blocking, or accepting anything but one PID in 1..pid_max; it
 judges the whole path by who could have written it; and it removes only the
 file it checked, by inode. `PidFile` holds a PID file for a running service
 under an exclusive lock and tells a recycled PID from the file's writer.
+`stop` and `signal_pidfile` signal the recorded process only after
+corroborating that it wrote the file, through a pidfd where Linux has one.
 See the README for the guarantees and their limits.
 """
 
@@ -13,6 +15,7 @@ from ._errors import (
     IdentityMismatch,
     InsecurePidfile,
     InvalidPidfile,
+    NotRunning,
     PidfileError,
     PidfileMissing,
     PidfileNotRegular,
@@ -36,18 +39,30 @@ from ._read import (
 )
 from ._runtime import RuntimeDirError, runtime_dir
 from ._status import Status, clean_pidfile, status
+from ._stop import (
+    DEFAULT_SCHEDULE,
+    USES_PIDFD,
+    SentSignal,
+    StopProgress,
+    StopResult,
+    signal_pidfile,
+    stop,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AVOIDS_SYMLINK_ATTACKS",
+    "DEFAULT_SCHEDULE",
     "FALLBACK_PID_MAX",
     "MAX_PIDFILE_SIZE",
     "USES_O_PATH",
+    "USES_PIDFD",
     "AlreadyRunning",
     "IdentityMismatch",
     "InsecurePidfile",
     "InvalidPidfile",
+    "NotRunning",
     "PidDirectory",
     "PidFile",
     "PidfileError",
@@ -58,7 +73,10 @@ __all__ = [
     "PidfileSymlink",
     "PidfileTooLarge",
     "RuntimeDirError",
+    "SentSignal",
     "Status",
+    "StopProgress",
+    "StopResult",
     "UnsafeSymlink",
     "UnsupportedPlatform",
     "__version__",
@@ -70,6 +88,8 @@ __all__ = [
     "read_pidfile_safely",
     "remove_pidfile",
     "runtime_dir",
+    "signal_pidfile",
     "status",
+    "stop",
     "unlink_pidfile_safely",
 ]

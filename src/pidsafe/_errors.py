@@ -105,6 +105,12 @@ class IdentityMismatch(PidfileError):
     default_errno = _errno.ESRCH
 
 
+class NotRunning(PidfileError, ProcessLookupError):
+    """The PID file names no running process, so there is nothing to signal."""
+
+    default_errno = _errno.ESRCH
+
+
 class UnsupportedPlatform(PidfileError):
     """This platform lacks the system calls the operation needs."""
 

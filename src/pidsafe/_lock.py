@@ -35,12 +35,24 @@ def flock_held_at(dev: int, ino: int) -> bool | None:
 
     Returns None when ``/proc/locks`` cannot be read, like `flock_held`.
     """
+    holders = flock_holders(dev, ino)
+    return None if holders is None else bool(holders)
+
+
+def flock_holders(dev: int, ino: int) -> frozenset[int] | None:
+    """Return the PIDs that hold a ``flock`` on inode `ino` of `dev`.
+
+    The kernel lists the process that took each lock. A holder that
+    forked shares its lock with the child, but only the one that took
+    it is listed. Returns None when ``/proc/locks`` cannot be read.
+    """
     try:
         with open(_LOCKS_PATH, "rb") as stream:
             text = stream.read()
     except OSError:
         return None
     wanted = _device_field(dev) + b":" + str(ino).encode()
+    holders = set()
     for line in text.splitlines():
         fields = line.split()
         # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF"; a waiter has
@@ -48,5 +60,5 @@ def flock_held_at(dev: int, ino: int) -> bool | None:
         if len(fields) < 6 or fields[1] != b"FLOCK":
             continue
         if fields[5] == wanted:
-            return True
-    return False
+            holders.add(int(fields[4]))
+    return frozenset(holders)

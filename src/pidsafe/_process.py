@@ -176,9 +176,14 @@ def _procfs_start_time(pid: int) -> StartTime | None:
         if _exists(pid):
             return None  # hidden by the hidepid mount option of /proc
         raise ProcessLookupError(pid) from None
+    return start_time_from_ticks(parse_stat_start_ticks(data))
+
+
+def start_time_from_ticks(ticks: int) -> StartTime:
+    """Convert a ``/proc/<pid>/stat`` starttime in clock ticks to a StartTime."""
     ticks_per_second = os.sysconf("SC_CLK_TCK")
     tick_ns = 1_000_000_000 // ticks_per_second
-    started = parse_stat_start_ticks(data) * 1_000_000_000 // ticks_per_second
+    started = ticks * 1_000_000_000 // ticks_per_second
     boot_ns = _boot_time_ns()
     return StartTime(boot_ns + started, boot_ns, tick_ns)
 
@@ -250,3 +255,141 @@ def check_writer(pid: int, mtime_ns: int) -> WriterCheck:
             "is hidden, or there is no /proc and psutil cannot read it",
         )
     return judge_start(pid, mtime_ns, started)
+
+
+# Process inspection before a signal: is this PID a process that may be
+# signalled, and is it still the process that was checked before?
+
+#: Bit of field 9 (flags) of ``/proc/<pid>/stat`` that marks a kernel thread.
+PF_KTHREAD: Final = 0x00200000
+
+#: Bytes of a command name that Linux keeps (TASK_COMM_LEN is 16 with the NUL).
+COMM_MAX: Final = 15
+
+
+class ProcessInfo(NamedTuple):
+    """A process's identity as ``/proc`` (or psutil) showed it at one moment.
+
+    A field is None where the source cannot tell. Without ``/proc``, `tgid`
+    is the PID itself, because only Linux accepts a thread ID where a PID
+    belongs.
+    """
+
+    pid: int
+    tgid: int | None  # thread group ID: the process a thread belongs to
+    state: str  # one letter as in /proc/<pid>/stat ("Z" zombie), "?" unknown
+    kernel_thread: bool
+    ruid: int | None  # real uid
+    start: StartTime | None
+    start_token: float | None  # equal for the same process, never for another
+    name: bytes | None  # command name, at most COMM_MAX bytes on Linux
+
+
+def _read_proc_file(pid: int, name: str) -> bytes:
+    try:
+        with open(f"/proc/{pid}/{name}", "rb") as stream:
+            return stream.read()
+    except (FileNotFoundError, ProcessLookupError):
+        raise ProcessLookupError(pid) from None
+
+
+def _status_field(text: bytes, key: bytes) -> list[bytes]:
+    for line in text.splitlines():
+        if line.startswith(key):
+            return line.split()[1:]
+    raise ValueError(f"/proc status has no {key.decode()} line")
+
+
+def _procfs_info(pid: int) -> ProcessInfo:
+    stat_data = _read_proc_file(pid, "stat")
+    status_text = _read_proc_file(pid, "status")
+    # The command name sits between the first "(" and the last ")", and may
+    # itself contain spaces and parentheses. It is the value of
+    # /proc/<pid>/comm, read here with the other fields in one read.
+    opening = stat_data.index(b"(")
+    head, _, rest = stat_data.rpartition(b")")
+    name = head[opening + 1 :]
+    fields = rest.split()
+    # fields[0] is field 3 (state), so field 9 (flags) is fields[6].
+    flags = int(fields[6])
+    ticks = parse_stat_start_ticks(stat_data)
+    return ProcessInfo(
+        pid,
+        int(_status_field(status_text, b"Tgid:")[0]),
+        fields[0].decode("ascii", "replace"),
+        bool(flags & PF_KTHREAD),
+        int(_status_field(status_text, b"Uid:")[0]),
+        start_time_from_ticks(ticks) if _HAS_BOOTTIME else None,
+        float(ticks),
+        name,
+    )
+
+
+def _psutil_info(pid: int) -> ProcessInfo:
+    try:
+        psutil = importlib.import_module("psutil")
+    except ImportError:
+        return ProcessInfo(pid, pid, "?", False, None, None, None, None)
+    try:
+        process = psutil.Process(pid)
+        with process.oneshot():
+            created = float(process.create_time())
+            ruid = int(process.uids().real)
+            name = os.fsencode(process.name())
+            zombie = process.status() == psutil.STATUS_ZOMBIE
+        boot = float(psutil.boot_time())
+    except psutil.NoSuchProcess:
+        raise ProcessLookupError(pid) from None
+    except psutil.Error:
+        return ProcessInfo(pid, pid, "?", False, None, None, None, None)
+    start = StartTime(int(created * 1e9), int(boot * 1e9), PSUTIL_SLACK_NS)
+    # NOTE: psutil shows no kernel-thread flag, so kernel processes on the
+    # BSDs are not recognised here.
+    state = "Z" if zombie else "R"
+    return ProcessInfo(pid, pid, state, False, ruid, start, created, name)
+
+
+def inspect_process(pid: int) -> ProcessInfo:
+    """Return the identity of `pid` from ``/proc``, or else from psutil.
+
+    Raises ProcessLookupError when ``/proc`` has no entry for `pid`, which
+    means it is gone or hidden by the ``hidepid`` mount option; callers
+    that hold a pidfd can tell which. Without ``/proc`` and psutil, every
+    optional field is None.
+    """
+    validate_pid(pid)
+    if procfs_available():
+        return _procfs_info(pid)
+    return _psutil_info(pid)
+
+
+def executable_id(pid: int) -> tuple[int, int] | None:
+    """Return (st_dev, st_ino) of the executable `pid` runs, or None.
+
+    On Linux this stats ``/proc/<pid>/exe``, which still works after the
+    file was deleted or replaced, and then names the old inode. Elsewhere
+    it stats the path psutil reports. Returns None when no source can tell
+    (a kernel thread has no executable). Raises ProcessLookupError when the
+    process is gone and PermissionError when the caller may not look.
+    """
+    if procfs_available():
+        try:
+            st = os.stat(f"/proc/{pid}/exe")
+        except FileNotFoundError:
+            if _exists(pid):
+                return None
+            raise ProcessLookupError(pid) from None
+        return st.st_dev, st.st_ino
+    try:
+        psutil = importlib.import_module("psutil")
+        path = psutil.Process(pid).exe()
+    except ImportError:
+        return None
+    except psutil.NoSuchProcess:
+        raise ProcessLookupError(pid) from None
+    except psutil.AccessDenied:
+        raise PermissionError(f"cannot see the executable of process {pid}") from None
+    if not path:
+        return None
+    st = os.stat(path)
+    return st.st_dev, st.st_ino

@@ -21,6 +21,8 @@ from typing import Final, Union
 
 _NUMBER: Final = re.compile(r"[0-9]+(\.[0-9]+)?")
 _SIGNAL_NUMBER: Final = re.compile(r"-[0-9]+")
+# Names such as TERM, SIGUSR1 or -HUP: a letter, then letters and digits.
+_SIGNAL_NAME: Final = re.compile(r"-?[A-Za-z][A-Za-z0-9]*")
 _DIGITS: Final = re.compile(r"[0-9]+")
 
 
@@ -79,7 +81,7 @@ def _parse_item(item: str) -> Step:
         if not math.isfinite(seconds):
             raise ValueError(f"timeout {item!r} is not a number of seconds")
         return Wait(seconds)
-    if _SIGNAL_NUMBER.fullmatch(item) or item.lstrip("-").isalpha():
+    if _SIGNAL_NUMBER.fullmatch(item) or _SIGNAL_NAME.fullmatch(item):
         return SendSignal(parse_signal(item))
     raise ValueError(
         f"schedule item {item!r} is not a signal, a timeout in seconds or 'forever'"

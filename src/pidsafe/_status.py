@@ -173,19 +173,33 @@ def clean_pidfile(
     except PidfileMissing:
         return Status("absent", _display(path), reason="no PID file")
     try:
-        return _clean_at(directory, name, shown, trusted)
+        return clean_at(directory, name, shown, trusted)
     finally:
         os.close(directory.fd)
 
 
-def _clean_at(
-    directory: Directory, name: str, shown: str, trusted: frozenset[int]
+def clean_at(
+    directory: Directory,
+    name: str,
+    shown: str,
+    trusted: frozenset[int],
+    expected: tuple[int, int] | None = None,
 ) -> Status:
+    """Clean `name` in `directory` as `clean_pidfile` does.
+
+    With `expected`, a file whose (st_dev, st_ino) differs is left in
+    place and raises `PidfileError`, because it is not the file the
+    caller judged.
+    """
     try:
         fd, st = open_leaf(directory, name, shown)
     except PidfileMissing:
         return Status("absent", shown, reason="no PID file")
     try:
+        if expected is not None and (st.st_dev, st.st_ino) != expected:
+            raise PidfileError(
+                shown, "was replaced since it was read; left it", errno.EAGAIN
+            )
         reason = file_reason(directory, name, st, trusted)
         if reason is not None:
             raise InsecurePidfile(shown, f"refusing to clean it: {reason}")

@@ -8,24 +8,37 @@ safely. ``clean`` exits 0 when the file was stale and removed or is absent,
 printing the directory, 1 when no safe directory is available. ``run``
 exits with the command's status (128 + N when signal N killed it), 3 when
 another instance holds the PID file, 125 when pidsafe itself fails, and
-126 or 127 when the command cannot be executed or is not found. Usage
-errors exit 2.
+126 or 127 when the command cannot be executed or is not found. ``stop``
+uses start-stop-daemon's codes: 0 stopped, 1 nothing to stop, 2 still
+running when the schedule ended, 3 refused or failed. ``signal`` exits 0
+after sending, 1 when there is nothing to signal, 3 when it was refused or
+failed. Usage errors exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from . import __version__
-from ._errors import PidfileError
+from ._errors import NotRunning, PidfileError, PidfileMissing
 from ._read import PidfileRecord, read_pidfile
 from ._run import RunRequest, run
 from ._runtime import runtime_dir
 from ._status import Status, clean_pidfile, status
+from ._stop import (
+    DEFAULT_SCHEDULE,
+    StopProgress,
+    StopResult,
+    signal_number,
+    signal_pidfile,
+    stop,
+)
 
 
 def _print_json(data: dict[str, Any]) -> None:
@@ -183,6 +196,204 @@ def _add_run(commands: Any) -> None:
     run_parser.set_defaults(handler=_run_run)
 
 
+def _argument_error(path: str, exc: Exception, as_json: bool) -> None:
+    """Report an invalid schedule, signal or --expect-exe path."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        reason = f"{exc.filename}: {exc.strerror}"
+    else:
+        reason = str(exc)
+    if as_json:
+        _print_json({"path": path, "error": type(exc).__name__, "reason": reason})
+    print(f"pidsafe: pid file {path}: {reason}", file=sys.stderr)
+
+
+def _check_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "expect_exe": args.expect_exe,
+        "expect_name": args.expect_name,
+        "expect_uid": args.expect_uid,
+        "allow_pid1": args.allow_pid1,
+    }
+
+
+class _Countdown:
+    """One status line on a terminal, rewritten in place while stop waits."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.line = ""
+
+    def __call__(self, progress: StopProgress) -> None:
+        sent = "no signal sent" if progress.signal is None else progress.signal.name
+        line = (
+            f"pidsafe: PID {progress.pid}: {sent}, waiting for it to exit: "
+            f"{math.ceil(progress.remaining)} s of {progress.timeout:g} s left"
+        )
+        if line != self.line:
+            padding = " " * max(len(self.line) - len(line), 0)
+            self.stream.write(f"\r{line}{padding}")
+            self.stream.flush()
+            self.line = line
+
+    def clear(self) -> None:
+        if self.line:
+            self.stream.write("\r" + " " * len(self.line) + "\r")
+            self.stream.flush()
+            self.line = ""
+
+
+def _stop_json(result: StopResult) -> dict[str, Any]:
+    return {
+        "path": result.path,
+        "pid": result.pid,
+        "outcome": result.outcome,
+        "exit_code": result.exit_code,
+        "signals": [
+            {"signal": sent.signal.name, "time": sent.time} for sent in result.signals
+        ],
+        "removed": result.removed,
+        "reason": result.reason,
+        "kept_reason": result.kept_reason,
+    }
+
+
+def _file_note(result: StopResult) -> str:
+    if result.removed:
+        return "; removed the PID file"
+    if result.kept_reason is not None:
+        return f"; kept the PID file ({result.kept_reason})"
+    return ""
+
+
+def _print_stop(result: StopResult, schedule: str) -> None:
+    note = _file_note(result)
+    if result.outcome == "stopped":
+        sent = ", ".join(sent.signal.name for sent in result.signals)
+        print(f"{result.path}: stopped PID {result.pid} (sent {sent}){note}")
+    elif result.outcome == "not_running":
+        print(f"{result.path}: nothing to stop: {result.reason}{note}")
+    elif result.outcome == "still_running":
+        print(
+            f"pidsafe: pid file {result.path}: PID {result.pid} is still "
+            f"running after the schedule {schedule}",
+            file=sys.stderr,
+        )
+    else:
+        print(f"pidsafe: pid file {result.path}: {result.reason}", file=sys.stderr)
+
+
+def _run_stop(args: argparse.Namespace) -> int:
+    schedule = DEFAULT_SCHEDULE if args.retry is None else args.retry
+    countdown = _Countdown(sys.stderr) if sys.stderr.isatty() else None
+    try:
+        result = stop(
+            args.path,
+            schedule=schedule,
+            signal=args.signal,
+            progress=countdown,
+            **_check_options(args),
+        )
+    except PidfileError as exc:
+        _error(exc, args.json)
+        return 3
+    except (OSError, ValueError) as exc:
+        _argument_error(args.path, exc, args.json)
+        return 3
+    finally:
+        if countdown is not None:
+            countdown.clear()
+    if args.json:
+        _print_json(_stop_json(result))
+    else:
+        _print_stop(result, schedule)
+    return result.exit_code
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _run_signal(args: argparse.Namespace) -> int:
+    try:
+        pid = signal_pidfile(args.path, args.sig, **_check_options(args))
+    except (PidfileMissing, NotRunning) as exc:
+        _error(exc, args.json)
+        return 1
+    except PidfileError as exc:
+        _error(exc, args.json)
+        return 3
+    except (OSError, ValueError) as exc:
+        _argument_error(args.path, exc, args.json)
+        return 3
+    name = _signal_name(signal_number(args.sig))
+    if args.json:
+        _print_json({"path": args.path, "pid": pid, "signal": name, "exit_code": 0})
+    else:
+        print(f"{args.path}: sent {name} to PID {pid}")
+    return 0
+
+
+def _add_process_checks(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--expect-exe",
+        metavar="PATH",
+        help="act only if the process runs this executable (same device and inode)",
+    )
+    sub.add_argument(
+        "--expect-name",
+        metavar="NAME",
+        help="act only if the process's command name is NAME "
+        "(the kernel keeps its first 15 bytes)",
+    )
+    sub.add_argument(
+        "--expect-uid",
+        metavar="UID",
+        type=int,
+        help="act only if the process's real user ID is UID",
+    )
+    sub.add_argument(
+        "--allow-pid1",
+        action="store_true",
+        help="allow signalling PID 1, which is refused otherwise",
+    )
+
+
+def _add_stop_commands(commands: Any) -> None:
+    halt = commands.add_parser(
+        "stop", help="signal the recorded process until it exits, then remove the file"
+    )
+    halt.add_argument("path", metavar="PATH", help="the PID file")
+    halt.add_argument(
+        "--retry",
+        metavar="SCHEDULE",
+        help=f"signals and timeouts in seconds, as start-stop-daemon's "
+        f"(default {DEFAULT_SCHEDULE})",
+    )
+    halt.add_argument(
+        "--signal",
+        metavar="SIG",
+        help="the stop signal: replaces TERM in the default schedule, and "
+        "starts a --retry schedule of one timeout",
+    )
+    _add_process_checks(halt)
+    halt.add_argument("--json", action="store_true", help="print one JSON object")
+    halt.set_defaults(handler=_run_stop)
+
+    send = commands.add_parser(
+        "signal", help="send one signal to the recorded process after the checks"
+    )
+    send.add_argument("path", metavar="PATH", help="the PID file")
+    send.add_argument(
+        "sig", metavar="SIG", help="signal name or number (0 only runs the checks)"
+    )
+    _add_process_checks(send)
+    send.add_argument("--json", action="store_true", help="print one JSON object")
+    send.set_defaults(handler=_run_signal)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser for the ``pidsafe`` command."""
     parser = argparse.ArgumentParser(
@@ -230,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in (read, check, clean):
         sub.add_argument("path", metavar="PATH", help="the PID file")
         sub.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_stop_commands(commands)
     return parser
 
 
