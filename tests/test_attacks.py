@@ -173,7 +173,7 @@ def test_symlink_parent_in_sticky_dir_rejected(sandbox: Sandbox) -> None:
     assert str(path) in str(error)
     assert f"{link} is a symlink owned by uid {uid}" in error.reason
     assert f"in the shared directory {sandbox.shared}" in error.reason
-    assert "refusing to follow it" in error.reason
+    assert "so it is not followed" in error.reason
 
     assert pidsafe.read_pidfile_safely(path) is None
     with pytest.raises(pidsafe.UnsafeSymlink):
@@ -315,7 +315,7 @@ def test_untrusted_file_strict_raises(sandbox: Sandbox, case: UntrustedCase) -> 
 
     assert type(caught.value) is pidsafe.InsecurePidfile
     assert caught.value.path == str(path)
-    assert str(caught.value) == f"pid file {path}: is untrusted: {reason}"
+    assert str(caught.value) == f"PID file {path}: is untrusted: {reason}"
     assert pidsafe.read_pidfile_safely(path) is None
 
 
@@ -417,7 +417,7 @@ def test_unsearchable_dir_permission_error(sandbox: Sandbox) -> None:
     for path, result in zip((leaf_path, nested_path, leaf_path), results):
         assert result["error"] == "PidfilePermissionError", result
         assert result["message"] == (
-            f"pid file {path}: permission denied searching directory {locked}"
+            f"PID file {path}: permission denied searching directory {locked}"
         )
     assert leaf_path.exists()
 
@@ -433,10 +433,10 @@ def test_unreadable_file_permission_error(sandbox: Sandbox) -> None:
     )
 
     assert results[0]["error"] == "PidfilePermissionError", results[0]
-    assert results[0]["message"] == f"pid file {path}: permission denied opening it"
+    assert results[0]["message"] == f"PID file {path}: permission denied opening it"
     assert results[1]["error"] == "PidfilePermissionError", results[1]
     assert results[1]["message"] == (
-        f"pid file {path}: permission denied removing it from directory {directory}"
+        f"PID file {path}: permission denied removing it from directory {directory}"
     )
     assert path.exists()
 

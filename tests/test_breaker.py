@@ -72,7 +72,7 @@ def test_unsearchable_cwd_relative_path(user: User, shared: Path) -> None:
 
     for result in (read, remove, clean):
         assert result["error"] == "PidfilePermissionError", result
-        assert result["message"].startswith("pid file a.pid: "), result
+        assert result["message"].startswith("PID file a.pid: "), result
         assert f"searching the current directory {workdir}" in result["message"]
     assert state["state"] == "unknown"
     assert f"searching the current directory {workdir}" in state["reason"]
@@ -131,7 +131,7 @@ def test_no_free_fd_named_error(piddir: Path, function: str) -> None:
     if function == "status":
         assert outcome.startswith("returned Status(state='unknown'"), outcome
     else:
-        assert outcome.startswith(f"PidfileError pid file {path}: "), outcome
+        assert outcome.startswith(f"PidfileError PID file {path}: "), outcome
     assert "cannot open directory /: Too many open files" in outcome
     assert path.exists()
 
@@ -149,7 +149,7 @@ def test_read_error_named(function: str) -> None:
         getattr(pidsafe, function)(path)
 
     assert caught.value.errno == errno.EIO
-    assert str(caught.value) == f"pid file {path}: cannot be read: Input/output error"
+    assert str(caught.value) == f"PID file {path}: cannot be read: Input/output error"
 
 
 @pytest.mark.needs_procfs
@@ -178,7 +178,7 @@ def test_clean_liveness_error_named(
 
     assert caught.value.errno == errno.EACCES
     assert str(caught.value) == (
-        f"pid file {path}: cannot check process {os.getpid()}: Permission denied"
+        f"PID file {path}: cannot check process {os.getpid()}: Permission denied"
     )
     assert path.exists()
 
@@ -196,7 +196,7 @@ def test_clean_lock_error_named(piddir: Path, monkeypatch: pytest.MonkeyPatch) -
         pidsafe.clean_pidfile(path)
 
     assert caught.value.errno == errno.ENOLCK
-    assert str(caught.value) == f"pid file {path}: cannot lock it: No locks available"
+    assert str(caught.value) == f"PID file {path}: cannot lock it: No locks available"
     assert path.exists()
 
 

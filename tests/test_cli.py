@@ -95,7 +95,7 @@ def test_read_symlink_fails(symlink: Path) -> None:
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
-        f"pidsafe: pid file {symlink}: is a symlink; refusing to follow it"
+        f"pidsafe: PID file {symlink}: is a symlink, which is never followed"
     ]
 
 
@@ -106,7 +106,7 @@ def test_read_fifo_fails(pidfile: Path) -> None:
 
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
-        f"pidsafe: pid file {pidfile}: is a FIFO, not a regular file"
+        f"pidsafe: PID file {pidfile}: is a FIFO, not a regular file"
     ]
 
 
@@ -115,7 +115,7 @@ def test_read_missing_fails(pidfile: Path) -> None:
 
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
-        f"pidsafe: pid file {pidfile}: does not exist"
+        f"pidsafe: PID file {pidfile}: does not exist"
     ]
 
 
@@ -130,7 +130,7 @@ def test_read_strict_rejects_untrusted(pidfile: Path) -> None:
     assert strict.returncode == 1
     assert strict.stdout == ""
     assert strict.stderr.splitlines() == [
-        f"pidsafe: pid file {pidfile}: "
+        f"pidsafe: PID file {pidfile}: "
         "is untrusted: file is writable by group and others"
     ]
 
@@ -160,7 +160,7 @@ def test_read_json_error(symlink: Path) -> None:
     assert data == {
         "path": str(symlink),
         "error": "PidfileSymlink",
-        "reason": "is a symlink; refusing to follow it",
+        "reason": "is a symlink, which is never followed",
     }
     assert len(result.stderr.splitlines()) == 1
 
@@ -211,7 +211,7 @@ def test_status_refused(symlink: Path) -> None:
 
     assert result.returncode == 4
     assert result.stdout == (
-        f"{symlink}: refused: is a symlink; refusing to follow it\n"
+        f"{symlink}: refused: is a symlink, which is never followed\n"
     )
     assert result.stderr == ""
 
@@ -317,7 +317,7 @@ def test_clean_rejects_untrusted(stale: tuple[Path, int]) -> None:
     assert result.returncode == 4
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
-        f"pidsafe: pid file {path}: "
+        f"pidsafe: PID file {path}: "
         "refusing to clean it: file is writable by group and others"
     ]
     assert path.exists()

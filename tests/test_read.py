@@ -56,7 +56,7 @@ def assert_rejected(path: Path, error_type: type[PidfileError], reason: str) -> 
     assert type(error) is error_type
     assert error.path == str(path)
     assert error.reason == reason
-    assert str(error) == f"pid file {path}: {reason}"
+    assert str(error) == f"PID file {path}: {reason}"
     assert call_bounded(read_pidfile_safely, path) is None
 
 
@@ -144,7 +144,7 @@ def test_symlink_to_valid_pidfile_rejected(piddir: Path, pidfile: Path) -> None:
     link = piddir / "link.pid"
     link.symlink_to(pidfile)
 
-    assert_rejected(link, PidfileSymlink, "is a symlink; refusing to follow it")
+    assert_rejected(link, PidfileSymlink, "is a symlink, which is never followed")
 
     assert read_pidfile(pidfile).pid == 4242
 
@@ -153,14 +153,14 @@ def test_dangling_symlink_rejected(piddir: Path) -> None:
     link = piddir / "service.pid"
     link.symlink_to(piddir / "missing.pid")
 
-    assert_rejected(link, PidfileSymlink, "is a symlink; refusing to follow it")
+    assert_rejected(link, PidfileSymlink, "is a symlink, which is never followed")
 
 
 def test_symlink_to_dev_zero_rejected(piddir: Path) -> None:
     link = piddir / "service.pid"
     link.symlink_to("/dev/zero")
 
-    assert_rejected(link, PidfileSymlink, "is a symlink; refusing to follow it")
+    assert_rejected(link, PidfileSymlink, "is a symlink, which is never followed")
 
 
 def test_one_mebibyte_file_too_large(piddir: Path) -> None:

@@ -355,7 +355,7 @@ def test_second_run_changes_nothing(
 
     assert result.returncode == 3
     assert result.stderr.splitlines() == [
-        f"pidsafe: pid file {pidpath}: is locked by process {child}, so another "
+        f"pidsafe: PID file {pidpath}: is locked by process {child}, so another "
         "instance is running; stop it before starting a new one"
     ]
     assert snapshot(pidpath) == before
@@ -546,7 +546,7 @@ def test_background_held_names_holder(
     assert result.returncode == 3
     assert named == child
     assert result.stderr.splitlines() == [
-        f"pidsafe: pid file {pidpath}: is locked by process {child}, so another "
+        f"pidsafe: PID file {pidpath}: is locked by process {child}, so another "
         "instance is running; stop it before starting a new one"
     ]
     assert snapshot(pidpath) == before
@@ -590,7 +590,7 @@ def test_log_symlink_rejected(pidpath: Path, tmp_path: Path) -> None:
 
     assert result.returncode == 125
     assert result.stderr.splitlines() == [
-        f"pidsafe: log file {log}: is a symlink; refusing to follow it"
+        f"pidsafe: log file {log}: is a symlink, which is never followed"
     ]
     assert not pidpath.exists()
     assert not marker.exists()
@@ -650,7 +650,7 @@ def test_unsafe_pidfile_exits_125(tmp_path: Path) -> None:
     result = run_cli("run", "--pidfile", shared / "app.pid", "--", "touch", marker)
 
     assert result.returncode == 125
-    assert result.stderr.startswith(f"pidsafe: pid file {shared}/app.pid: ")
+    assert result.stderr.startswith(f"pidsafe: PID file {shared}/app.pid: ")
     assert len(result.stderr.splitlines()) == 1
     assert not marker.exists()
 
@@ -686,7 +686,7 @@ def test_unrecorded_child_never_runs(pidpath: Path, tmp_path: Path) -> None:
     assert result.returncode == 125
     lines = result.stderr.splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith(f"pidsafe: pid file {pidpath}: cannot write PID ")
+    assert lines[0].startswith(f"pidsafe: PID file {pidpath}: cannot write PID ")
     assert not marker.exists()
     assert not pidpath.exists()
 

@@ -138,7 +138,7 @@ def make_directory(path: Path) -> None:
 @pytest.mark.parametrize(
     ("make", "reason"),
     [
-        (make_symlink, "is a symlink; refusing to follow it"),
+        (make_symlink, "is a symlink, which is never followed"),
         (make_fifo, "is a FIFO, not a regular file"),
         (make_negative, "contains a sign '-' at offset 0"),
         (make_directory, "is a directory, not a regular file"),
@@ -250,7 +250,7 @@ def test_clean_removes_unlocked_empty(pidfile: Path) -> None:
 
     assert found.state == "stale"
     assert found.pid is None
-    assert found.reason == "empty file"
+    assert found.reason == "is empty and not locked"
     assert not os.path.lexists(pidfile)
 
 

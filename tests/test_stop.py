@@ -458,7 +458,7 @@ def test_stop_refuses_recycled_pid(
         f"refusing to signal process {child.pid}: it started after the file "
         "was last written, so it cannot have written it and the PID was reused"
     )
-    assert str(error).startswith(f"pid file {pidfile}: ")
+    assert str(error).startswith(f"PID file {pidfile}: ")
     assert pidfile.stat().st_ino == before.st_ino
     assert pidfile.stat().st_mtime_ns == before.st_mtime_ns
 
@@ -1074,7 +1074,7 @@ def test_unprivileged_caller_permission_error(
         assert child.received() == []
     assert results[0]["error"] == "PidfilePermissionError"
     assert results[0]["message"] == (
-        f"pid file {path}: permission denied sending SIGTERM to process {child.pid}"
+        f"PID file {path}: permission denied sending SIGTERM to process {child.pid}"
     )
     assert path.exists()
 
@@ -1172,7 +1172,7 @@ def test_cli_stop_exit_2(piddir: Path, pidfile: Path) -> None:
     assert done.returncode == 2
     assert done.stdout == ""
     assert done.stderr == (
-        f"pidsafe: pid file {pidfile}: PID {child.pid} is still running after "
+        f"pidsafe: PID file {pidfile}: PID {child.pid} is still running after "
         "the schedule TERM/0.2\n"
     )
 
@@ -1189,7 +1189,7 @@ def test_cli_stop_exit_3_refused(piddir: Path, pidfile: Path) -> None:
     assert done.stdout == ""
     assert done.stderr.count("\n") == 1
     assert done.stderr.startswith(
-        f"pidsafe: pid file {pidfile}: refusing to signal process {child.pid}: "
+        f"pidsafe: PID file {pidfile}: refusing to signal process {child.pid}: "
     )
 
 
@@ -1260,7 +1260,7 @@ def test_cli_signal_exit_codes(piddir: Path, pidfile: Path) -> None:
     assert refused.returncode == 3
     assert "not as the expected uid 12345" in refused.stderr
     assert missing.returncode == 1
-    assert missing.stderr == f"pidsafe: pid file {pidfile}: does not exist\n"
+    assert missing.stderr == f"pidsafe: PID file {pidfile}: does not exist\n"
 
 
 def test_cli_stop_silent_without_terminal(piddir: Path, pidfile: Path) -> None:

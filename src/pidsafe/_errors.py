@@ -28,7 +28,7 @@ class PidfileError(OSError):
         self.filename = path
 
     def __str__(self) -> str:
-        return f"pid file {self.path}: {self.reason}"
+        return f"PID file {self.path}: {self.reason}"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.path, self.reason, self.errno))

@@ -122,7 +122,7 @@ def _open_error(exc: OSError, target: _Target) -> PidfileError:
     display = target.display
     # Linux reports O_NOFOLLOW on a symlink as ELOOP, FreeBSD as EMLINK.
     if exc.errno in (errno.ELOOP, errno.EMLINK):
-        return PidfileSymlink(display, "is a symlink; refusing to follow it")
+        return PidfileSymlink(display, "is a symlink, which is never followed")
     if exc.errno in (errno.EACCES, errno.EPERM):
         return PidfilePermissionError(display, _permission_reason(target))
     if exc.errno == errno.EROFS:

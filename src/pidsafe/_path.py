@@ -214,7 +214,7 @@ def _symlink_reason(
     if parent.reason is not None:
         return (
             f"{owner} on an unsafe path ({parent.reason}), so an untrusted "
-            "user could have planted it; refusing to follow it"
+            "user could have planted it, so it is not followed"
         )
     if uid not in trusted:
         where = (
@@ -222,7 +222,7 @@ def _symlink_reason(
             if parent.shared_sticky
             else "who is not a trusted user"
         )
-        return f"{owner} {where}; refusing to follow it"
+        return f"{owner} {where}, so it is not followed"
     return None
 
 

@@ -123,7 +123,7 @@ def _leaf_error(
 ) -> PidfileError:
     # Linux reports O_NOFOLLOW on a symlink as ELOOP, FreeBSD as EMLINK.
     if exc.errno in (errno.ELOOP, errno.EMLINK):
-        return PidfileSymlink(display, "is a symlink; refusing to follow it")
+        return PidfileSymlink(display, "is a symlink, which is never followed")
     if exc.errno == errno.ENOENT:
         return PidfileMissing(display, "does not exist")
     if exc.errno in (errno.EACCES, errno.EPERM):

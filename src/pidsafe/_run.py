@@ -598,7 +598,7 @@ def _open_log_at(dir_fd: int, name: str, display: str) -> int:
         return os.open(name, _LOG_FLAGS, _LOG_MODE, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EMLINK):
-            reason = "is a symlink; refusing to follow it"
+            reason = "is a symlink, which is never followed"
         elif exc.errno == errno.ENXIO:
             reason = "is a FIFO or socket, not a regular file"
         else:
@@ -675,7 +675,7 @@ def _await_report(first: int, report: int, pidfile: str) -> int:
         print(f"pidsafe: {message.decode(errors='replace')}", file=sys.stderr)
         return int(code)
     print(
-        f"pidsafe: pid file {pidfile}: the background process exited "
+        f"pidsafe: PID file {pidfile}: the background process exited "
         "before reporting whether the command started",
         file=sys.stderr,
     )

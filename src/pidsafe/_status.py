@@ -213,7 +213,7 @@ def clean_at(
             reason = f"cannot lock it: {exc.strerror}"
             raise PidfileError(shown, reason, exc.errno) from None
         pid = _stale_pid(fd, shown)
-        reason = "empty file"
+        reason = "is empty and not locked"
         if pid is not None:
             check = _check_or_raise(pid, os.fstat(fd).st_mtime_ns, shown)
             if not check.stale:

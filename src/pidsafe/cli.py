@@ -204,7 +204,7 @@ def _argument_error(path: str, exc: Exception, as_json: bool) -> None:
         reason = str(exc)
     if as_json:
         _print_json({"path": path, "error": type(exc).__name__, "reason": reason})
-    print(f"pidsafe: pid file {path}: {reason}", file=sys.stderr)
+    print(f"pidsafe: PID file {path}: {reason}", file=sys.stderr)
 
 
 def _check_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -274,12 +274,12 @@ def _print_stop(result: StopResult, schedule: str) -> None:
         print(f"{result.path}: nothing to stop: {result.reason}{note}")
     elif result.outcome == "still_running":
         print(
-            f"pidsafe: pid file {result.path}: PID {result.pid} is still "
+            f"pidsafe: PID file {result.path}: PID {result.pid} is still "
             f"running after the schedule {schedule}",
             file=sys.stderr,
         )
     else:
-        print(f"pidsafe: pid file {result.path}: {result.reason}", file=sys.stderr)
+        print(f"pidsafe: PID file {result.path}: {result.reason}", file=sys.stderr)
 
 
 def _run_stop(args: argparse.Namespace) -> int:
