@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import pidsafe
+from pidsafe import cli
 from child_process import WAIT_LIMIT, lock_holder, reaped_pid
 
 READ_KEYS = {"path", "pid", "uid", "mode", "mtime", "trusted", "reason"}
@@ -437,3 +438,29 @@ def test_stale_untrusted_line_says_so(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "stale" in done.stdout
     assert f"(untrusted file: directory {directory} is writable" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("command", "handler", "expected"),
+    [
+        ("status", "status", 4),
+        ("clean", "clean_pidfile", 4),
+        ("read", "read_pidfile", 1),
+    ],
+)
+def test_unexpected_oserror_exit_code(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    handler: str,
+    expected: int,
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(cli, handler, broken)
+    code = cli.main([command, str(tmp_path / "x.pid")])
+
+    assert code == expected
+    assert "unexpected error" in capsys.readouterr().err

@@ -23,7 +23,7 @@ import math
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 from . import __version__
 from ._errors import NotRunning, PidfileError, PidfileMissing
@@ -445,8 +445,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Exit code of each command for a failure its handler did not expect.
+# Python's own exit code for an uncaught exception is 1, which status would
+# report as "stale" and stop as "nothing to stop".
+_UNEXPECTED_FAILURE_CODES: Final[dict[str, int]] = {
+    "status": 4,
+    "clean": 4,
+    "stop": 3,
+    "signal": 3,
+    "run": 125,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line `argv` and return the exit code."""
     args = build_parser().parse_args(argv)
-    code: int = args.handler(args)
+    try:
+        code: int = args.handler(args)
+    except OSError as exc:
+        print(f"pidsafe {args.command}: unexpected error: {exc}", file=sys.stderr)
+        return _UNEXPECTED_FAILURE_CODES.get(args.command, 1)
     return code
