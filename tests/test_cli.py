@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import pidsafe
-from pidsafe import cli
 from child_process import WAIT_LIMIT, lock_holder, reaped_pid
+from pidsafe import cli
 
 READ_KEYS = {"path", "pid", "uid", "mode", "mtime", "trusted", "reason"}
 STATUS_KEYS = {"path", "state", "pid", "reason", "exit_code", "file"}
