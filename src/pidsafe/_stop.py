@@ -98,6 +98,11 @@ PROGRESS_INTERVAL: Final = 0.1
 
 # Without a pidfd to poll, the fallback checks for the exit with growing
 # sleeps between these bounds, in seconds.
+#: How long stop waits, after the process exits, for another process that
+#: still holds the file's lock (a supervisor such as ``pidsafe run``) to
+#: remove the file itself, before reporting it as kept.
+HOLDER_RELEASE_SECONDS: Final = 1.0
+
 _FIRST_SLEEP: Final = 0.001
 _MAX_SLEEP: Final = 0.05
 
@@ -651,6 +656,8 @@ def _remove_if_ours(
     """
     if file_id is None:
         return False, None
+    if _wait_for_holder(location, file_id):
+        return False, None
     try:
         found = clean_at(
             location.directory,
@@ -666,6 +673,30 @@ def _remove_if_ours(
     if found.state == "absent":
         return False, None
     return False, f"{found.state}: {found.reason}"
+
+
+def _wait_for_holder(location: _Location, file_id: tuple[int, int]) -> bool:
+    """Wait, bounded, while another process holds the file; True if gone.
+
+    A supervisor holds the file for the child it names and removes it once
+    the child exits. The wait reads /proc/locks and never takes the lock,
+    so it cannot make that supervisor's own removal fail.
+    """
+    deadline = time.monotonic() + HOLDER_RELEASE_SECONDS
+    while True:
+        try:
+            st = os.stat(
+                location.name, dir_fd=location.directory.fd, follow_symlinks=False
+            )
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        if (st.st_dev, st.st_ino) != file_id or not flock_held(st):
+            return False
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
 
 
 # Following the schedule.
