@@ -554,7 +554,7 @@ def test_stop_refuses_self(pidfile: Path, sent: list[Any]) -> None:
 
     assert caught.value.reason == (
         f"refusing to signal process {os.getpid()}: it is the calling process "
-        "itself; allow it explicitly with allow_self"
+        "itself; allow it explicitly with allow_self (--allow-self)"
     )
     assert real_signals(sent) == []
 
@@ -1237,6 +1237,7 @@ def test_cli_stop_json(piddir: Path, pidfile: Path) -> None:
         "removed",
         "reason",
         "kept_reason",
+        "removed_by_holder",
     }
 
 
@@ -1333,3 +1334,20 @@ def test_cli_stop_countdown_on_terminal(piddir: Path, pidfile: Path) -> None:
         f"{pidfile}: stopped PID {child.pid} (sent SIGTERM, SIGKILL); "
         "removed the PID file\n"
     )
+
+
+def test_cli_refuses_calling_shell(tmp_path: Path) -> None:
+    # A file holding the shell's $$ must not make `pidsafe stop` kill the
+    # shell that runs it.
+    path = tmp_path / "shell.pid"
+    script = (
+        f'echo $$ > {path}; "{sys.executable}" -m pidsafe stop --retry TERM/1 '
+        f'{path}; echo "exit $?"'
+    )
+    done = subprocess.run(
+        ["sh", "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "exit 3"
+    assert "parent of the calling process" in done.stderr
+    assert path.exists()

@@ -157,7 +157,9 @@ class StopResult:
     that had exited before any signal was sent), "still_running" (the
     schedule ended with the process alive) or "failed" (after a signal
     was sent, a later identity check or signal failed; `reason` names
-    which). `removed` tells whether this call removed the PID file, and
+    which). `removed` tells whether this call removed the PID file,
+    `removed_by_holder` whether the process holding its lock (a supervisor
+    such as ``pidsafe run``) removed it after the exit instead, and
     `kept_reason` why a file that is still there was kept.
     """
 
@@ -168,6 +170,7 @@ class StopResult:
     removed: bool
     reason: str | None
     kept_reason: str | None = None
+    removed_by_holder: bool = False
 
     @property
     def exit_code(self) -> int:
@@ -440,7 +443,16 @@ def _check_pid(pid: int, checks: _Checks, shown: str) -> None:
         raise IdentityMismatch(
             shown,
             f"refusing to signal process {pid}: it is the calling process "
-            "itself; allow it explicitly with allow_self",
+            "itself; allow it explicitly with allow_self (--allow-self)",
+        )
+    # A file holding `$$` names the shell that runs `pidsafe stop`, which
+    # would then kill the user's own session.
+    if pid == os.getppid() and not checks.allow_self:
+        raise IdentityMismatch(
+            shown,
+            f"refusing to signal process {pid}: it is the parent of the "
+            "calling process (such as the shell that ran pidsafe); allow it "
+            "explicitly with allow_self (--allow-self)",
         )
 
 
@@ -645,9 +657,13 @@ def _empty_file(location: _Location) -> _NoProcess:
     )
 
 
-def _remove_if_ours(
-    location: _Location, file_id: tuple[int, int] | None
-) -> tuple[bool, str | None]:
+class _Removal(NamedTuple):
+    removed: bool  # this call removed the file
+    kept_reason: str | None  # why a file that is still there was kept
+    by_holder: bool = False  # the lock's holder removed it after the exit
+
+
+def _remove_if_ours(location: _Location, file_id: tuple[int, int] | None) -> _Removal:
     """Remove the file judged earlier if it is stale and ours to remove.
 
     Returns whether it was removed and, if it is still there, why it was
@@ -655,9 +671,9 @@ def _remove_if_ours(
     a holder (such as a restarted service) has locked meanwhile.
     """
     if file_id is None:
-        return False, None
+        return _Removal(False, None)
     if _wait_for_holder(location, file_id):
-        return False, None
+        return _Removal(False, None, by_holder=True)
     try:
         found = clean_at(
             location.directory,
@@ -667,12 +683,12 @@ def _remove_if_ours(
             file_id,
         )
     except PidfileError as exc:
-        return False, exc.reason
+        return _Removal(False, exc.reason)
     if found.state == "stale":
-        return True, None
+        return _Removal(True, None)
     if found.state == "absent":
-        return False, None
-    return False, f"{found.state}: {found.reason}"
+        return _Removal(False, None)
+    return _Removal(False, f"{found.state}: {found.reason}")
 
 
 def _wait_for_holder(location: _Location, file_id: tuple[int, int]) -> bool:
@@ -896,8 +912,9 @@ def stop(
     writer: it holds the file's lock itself, or it started before the file
     was last written and after the last boot. An untrusted file may name
     only a process whose real uid is the file owner's, and never for a
-    file owned by root. PID 1 and the calling process need `allow_pid1`
-    and `allow_self`. Threads and kernel threads are never signalled.
+    file owned by root. PID 1 needs `allow_pid1`, and the calling process
+    and its parent (such as the shell that ran the command) need
+    `allow_self`. Threads and kernel threads are never signalled.
     `expect_exe` (same device and inode as the running executable),
     `expect_name` (the kernel's command name, compared on its first 15
     bytes) and `expect_uid` (real uid) narrow the match further. The
@@ -940,32 +957,34 @@ def _stop_at(
 ) -> StopResult:
     found = _find(location, checks)
     if isinstance(found, _NoProcess):
-        removed, kept_reason = _remove_if_ours(location, found.file_id)
+        removal = _remove_if_ours(location, found.file_id)
         return StopResult(
             "not_running",
             location.shown,
             found.pid,
             (),
-            removed,
+            removal.removed,
             found.reason,
-            kept_reason,
+            removal.kept_reason,
+            removal.by_holder,
         )
     run = _Run(found, checks, location.shown, progress)
     try:
         outcome, reason = _follow(run, steps)
     finally:
         found.handle.close()
-    removed, kept_reason = False, None
+    removal = _Removal(False, None)
     if outcome in ("stopped", "not_running"):
-        removed, kept_reason = _remove_if_ours(location, _file_id(found.record))
+        removal = _remove_if_ours(location, _file_id(found.record))
     return StopResult(
         outcome,
         location.shown,
         found.record.pid,
         tuple(run.sent),
-        removed,
+        removal.removed,
         reason,
-        kept_reason,
+        removal.kept_reason,
+        removal.by_holder,
     )
 
 

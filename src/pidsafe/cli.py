@@ -213,6 +213,7 @@ def _check_options(args: argparse.Namespace) -> dict[str, Any]:
         "expect_name": args.expect_name,
         "expect_uid": args.expect_uid,
         "allow_pid1": args.allow_pid1,
+        "allow_self": args.allow_self,
     }
 
 
@@ -254,12 +255,15 @@ def _stop_json(result: StopResult) -> dict[str, Any]:
         "removed": result.removed,
         "reason": result.reason,
         "kept_reason": result.kept_reason,
+        "removed_by_holder": result.removed_by_holder,
     }
 
 
 def _file_note(result: StopResult) -> str:
     if result.removed:
         return "; removed the PID file"
+    if result.removed_by_holder:
+        return "; its supervisor removed the PID file"
     if result.kept_reason is not None:
         return f"; kept the PID file ({result.kept_reason})"
     return ""
@@ -358,6 +362,12 @@ def _add_process_checks(sub: argparse.ArgumentParser) -> None:
         "--allow-pid1",
         action="store_true",
         help="allow signalling PID 1, which is refused otherwise",
+    )
+    sub.add_argument(
+        "--allow-self",
+        action="store_true",
+        help="allow signalling pidsafe's own process or its parent (the shell "
+        "that ran it), which are refused otherwise",
     )
 
 
