@@ -99,9 +99,7 @@ def _validate_at(
     try:
         fd = os.open(name, _DIR_FLAGS, dir_fd=directory.fd)
     except FileNotFoundError:
-        raise RuntimeDirError(
-            shown, f"{source} does not exist (create=False)", errno.ENOENT
-        ) from None
+        raise RuntimeDirError(shown, f"{source} does not exist", errno.ENOENT) from None
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             raise RuntimeDirError(
@@ -163,12 +161,14 @@ def runtime_dir(
     # The XDG Base Directory specification says to ignore a relative path.
     if xdg and os.path.isabs(xdg):
         _validate(xdg, False, f"$XDG_RUNTIME_DIR={xdg}")
-        return _validate(os.path.join(xdg, app), create, "runtime directory")
+        return _validate(
+            os.path.join(xdg, app), create, "the directory under $XDG_RUNTIME_DIR"
+        )
     user_run = f"/run/user/{uid}"
     if _usable_base(user_run):
-        _validate(user_run, False, user_run)
-        return _validate(f"{user_run}/{app}", create, "runtime directory")
+        _validate(user_run, False, "the user's runtime directory")
+        return _validate(f"{user_run}/{app}", create, "the directory under /run/user")
     if uid == 0 and _usable_base("/run"):
-        return _validate(f"/run/{app}", create, "runtime directory")
+        return _validate(f"/run/{app}", create, "root's directory under /run")
     temporary = os.path.join(tempfile.gettempdir(), f"{app}-{uid}")
     return _validate(temporary, create, "per-user temporary directory")

@@ -160,6 +160,10 @@ def _add_run(commands: Any) -> None:
     run_parser = commands.add_parser(
         "run",
         help="hold a PID file while a command runs",
+        usage=(
+            "pidsafe run --pidfile PATH [--mode {supervise,exec}] "
+            "[--background] [--log FILE] -- COMMAND [ARG ...]"
+        ),
         description=(
             "Hold PATH while COMMAND runs. In supervise mode the file names "
             "a child that runs COMMAND; signals are passed on to it, and "
@@ -204,7 +208,8 @@ def _argument_error(path: str, exc: Exception, as_json: bool) -> None:
         reason = str(exc)
     if as_json:
         _print_json({"path": path, "error": type(exc).__name__, "reason": reason})
-    print(f"pidsafe: PID file {path}: {reason}", file=sys.stderr)
+    # The argument is at fault, not the PID file, so the line names no path.
+    print(f"pidsafe: invalid argument: {reason}", file=sys.stderr)
 
 
 def _check_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -373,20 +378,31 @@ def _add_process_checks(sub: argparse.ArgumentParser) -> None:
 
 def _add_stop_commands(commands: Any) -> None:
     halt = commands.add_parser(
-        "stop", help="signal the recorded process until it exits, then remove the file"
+        "stop",
+        help="signal the recorded process until it exits, then remove the file",
+        description=(
+            "Signal the process named by PATH, following the --retry schedule, "
+            "until it exits, then remove PATH if it is stale and trusted. The "
+            "process must hold PATH's lock itself or have started before PATH "
+            "was last written; PID 1, pidsafe itself, its parent shell, "
+            "threads and kernel threads are refused. Exit codes: 0 stopped, "
+            "1 nothing to stop, 2 still running when the schedule ended, 3 "
+            "refused or failed."
+        ),
     )
     halt.add_argument("path", metavar="PATH", help="the PID file")
     halt.add_argument(
         "--retry",
         metavar="SCHEDULE",
-        help=f"signals and timeouts in seconds, as start-stop-daemon's "
-        f"(default {DEFAULT_SCHEDULE})",
+        help="signals and waits separated by '/', as start-stop-daemon's "
+        f"--retry: SIG/SECONDS/SIG/SECONDS, e.g. {DEFAULT_SCHEDULE} (the "
+        "default); a single number N means SIG/N/KILL/N",
     )
     halt.add_argument(
         "--signal",
         metavar="SIG",
-        help="the stop signal: replaces TERM in the default schedule, and "
-        "starts a --retry schedule of one timeout",
+        help="the stop signal, TERM by default: it replaces TERM in the "
+        "default schedule and in the SIG/N/KILL/N of --retry N",
     )
     _add_process_checks(halt)
     halt.add_argument("--json", action="store_true", help="print one JSON object")
