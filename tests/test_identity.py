@@ -344,3 +344,31 @@ def test_alive_behind_hidepid() -> None:
         proc.wait(timeout=10)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "True"]
+
+
+def _visible_kernel_thread() -> int | None:
+    for entry in sorted(os.listdir("/proc"), key=lambda name: (len(name), name)):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stream:
+                fields = stream.read().rpartition(b")")[2].split()
+        except OSError:
+            continue
+        if int(fields[6]) & 0x00200000:
+            return int(entry)
+    return None
+
+
+@pytest.mark.needs_procfs
+def test_kernel_thread_pid_is_stale(tmp_path: Path) -> None:
+    kthread = _visible_kernel_thread()
+    if kthread is None:
+        pytest.skip("this PID namespace shows no kernel thread")
+    path = tmp_path / "kthread.pid"
+    path.write_text(f"{kthread}\n")
+
+    found = pidsafe.status(path)
+
+    assert found.state == "stale"
+    assert found.reason == f"process {kthread} is a kernel thread, not a service"

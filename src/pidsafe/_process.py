@@ -240,10 +240,17 @@ def check_writer(pid: int, mtime_ns: int) -> WriterCheck:
     state is "dead" when `is_alive` returns False, "before_boot" or
     "recycled" when the start times rule the process out (see
     `judge_start`), "unknown" when no start time is available, and
-    "writer" otherwise. Raises what `is_alive` raises.
+    "writer" otherwise. A kernel thread is "recycled". Raises what
+    `is_alive` raises.
     """
     if not is_alive(pid):
         return WriterCheck("dead", f"process {pid} is not running")
+    if _is_kernel_thread(pid):
+        # No service's PID file can name a kernel thread, so its PID was
+        # reused, as low PIDs are after a reboot.
+        return WriterCheck(
+            "recycled", f"process {pid} is a kernel thread, not a service"
+        )
     try:
         started = start_time(pid)
     except ProcessLookupError:
@@ -283,6 +290,19 @@ class ProcessInfo(NamedTuple):
     start: StartTime | None
     start_token: float | None  # equal for the same process, never for another
     name: bytes | None  # command name, at most COMM_MAX bytes on Linux
+
+
+def _is_kernel_thread(pid: int) -> bool:
+    """Return whether /proc marks `pid` as a kernel thread (False without /proc)."""
+    if not procfs_available():
+        return False
+    try:
+        data = _read_proc_file(pid, "stat")
+    except ProcessLookupError:
+        return False
+    # fields[0] after the command name is field 3, so field 9 is fields[6].
+    fields = data.rpartition(b")")[2].split()
+    return bool(int(fields[6]) & PF_KTHREAD)
 
 
 def _read_proc_file(pid: int, name: str) -> bytes:
