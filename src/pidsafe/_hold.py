@@ -38,7 +38,6 @@ from ._errors import (
     PidfileError,
     PidfileNotRegular,
     PidfilePermissionError,
-    PidfileSymlink,
 )
 from ._parse import PidSyntaxError, parse_pid
 from ._path import (
@@ -50,7 +49,7 @@ from ._path import (
     open_parent,
 )
 from ._process import check_writer, is_alive, validate_pid
-from ._read import logger, read_capped
+from ._read import leaf_error, logger, read_capped
 
 # O_NONBLOCK keeps a FIFO planted at the name from blocking the open, and
 # O_NOCTTY keeps a terminal from becoming our controlling terminal before
@@ -120,9 +119,6 @@ class _Target(NamedTuple):
 
 def _open_error(exc: OSError, target: _Target) -> PidfileError:
     display = target.display
-    # Linux reports O_NOFOLLOW on a symlink as ELOOP, FreeBSD as EMLINK.
-    if exc.errno in (errno.ELOOP, errno.EMLINK):
-        return PidfileSymlink(display, "is a symlink, which is never followed")
     if exc.errno in (errno.EACCES, errno.EPERM):
         return PidfilePermissionError(display, _permission_reason(target))
     if exc.errno == errno.EROFS:
@@ -134,10 +130,8 @@ def _open_error(exc: OSError, target: _Target) -> PidfileError:
         )
     if exc.errno == errno.EISDIR:
         return PidfileNotRegular(display, "is a directory, not a regular file")
-    if exc.errno in (errno.ENXIO, errno.EOPNOTSUPP):
-        # Opening a socket fails with ENXIO (EOPNOTSUPP on the BSDs).
-        return PidfileNotRegular(display, "is a socket, not a regular file")
-    return PidfileError(display, f"cannot be opened: {exc.strerror}", exc.errno)
+    # Symlinks, sockets and other errors read the same as for a plain read.
+    return leaf_error(exc, target.directory, target.name, display)
 
 
 def _permission_reason(target: _Target) -> str:

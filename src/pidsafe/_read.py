@@ -105,7 +105,7 @@ def open_leaf(
     try:
         fd = os.open(name, _READ_FLAGS, dir_fd=directory.fd)
     except OSError as exc:
-        raise _leaf_error(exc, directory, name, display) from None
+        raise leaf_error(exc, directory, name, display) from None
     try:
         st = os.fstat(fd)
     except BaseException:
@@ -118,7 +118,7 @@ def open_leaf(
     return fd, st
 
 
-def _leaf_error(
+def leaf_error(
     exc: OSError, directory: Directory, name: str, display: str
 ) -> PidfileError:
     # Linux reports O_NOFOLLOW on a symlink as ELOOP, FreeBSD as EMLINK.
@@ -258,7 +258,7 @@ def remove_at(
     try:
         st = os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
     except OSError as exc:
-        raise _leaf_error(exc, directory, name, display) from None
+        raise leaf_error(exc, directory, name, display) from None
     if stat.S_ISLNK(st.st_mode):
         raise PidfileSymlink(display, "is a symlink; refusing to remove it")
     if not stat.S_ISREG(st.st_mode):
@@ -277,7 +277,7 @@ def remove_at(
     try:
         again = os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
     except OSError as exc:
-        raise _leaf_error(exc, directory, name, display) from None
+        raise leaf_error(exc, directory, name, display) from None
     # NOTE: where others may write the directory, they can still swap the
     # name after this check, and the unlink then removes their entry
     # instead. unlinkat never follows a symlink, so a symlink's target stays.
@@ -295,7 +295,7 @@ def remove_at(
                 display,
                 f"permission denied removing it from directory {directory.path}",
             ) from None
-        raise _leaf_error(exc, directory, name, display) from None
+        raise leaf_error(exc, directory, name, display) from None
     logger.debug("removed PID file %s (inode %d)", display, st.st_ino)
 
 
