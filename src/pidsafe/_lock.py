@@ -4,7 +4,7 @@ A status query that takes the lock, even for a moment, can make a starter's
 ``flock(LOCK_EX|LOCK_NB)`` fail and report a running instance that does not
 exist. On Linux the kernel lists every held lock in ``/proc/locks`` with the
 device and inode of its file, so the query reads that list and never touches
-the lock. Where the list is unavailable, the answer is "unknown" and callers
+the lock. Where the list is unavailable, the result is "unknown" and callers
 fall back to other evidence.
 """
 
@@ -51,7 +51,7 @@ def flock_holders(dev: int, ino: int) -> frozenset[int] | None:
             text = stream.read()
     except OSError:
         return None
-    wanted = _device_field(dev) + b":" + str(ino).encode()
+    expected = _device_field(dev) + b":" + str(ino).encode()
     holders = set()
     for line in text.splitlines():
         fields = line.split()
@@ -59,6 +59,6 @@ def flock_holders(dev: int, ino: int) -> frozenset[int] | None:
         # "->" after the number.
         if len(fields) < 6 or fields[1] != b"FLOCK":
             continue
-        if fields[5] == wanted:
+        if fields[5] == expected:
             holders.add(int(fields[4]))
     return frozenset(holders)

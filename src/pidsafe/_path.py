@@ -435,7 +435,7 @@ def _enter_cwd(walk: _Walk) -> None:
         ) from None
     walk.walk(_split(cwd))
     # Every lookup of a relative path, even of ".", needs search permission
-    # on the current directory, so the kernel's EACCES is the answer here.
+    # on the current directory, so the kernel's EACCES is the right error.
     try:
         here = os.stat(".")
     except OSError as exc:
@@ -476,9 +476,9 @@ def rejudge_directory(
 def split_leaf(path: PathArg) -> tuple[str, str, str]:
     """Split `path` into (display path, directory part, final name).
 
-    Raises `PidfileMissing` for an empty path (as the kernel's ENOENT), and
-    `PidfileNotRegular` when the path ends in "/", "." or "..",
-    because such a path can only name a directory, and `PidfileError` when
+    Raises `PidfileMissing` for an empty path, as the kernel's ENOENT does.
+    Raises `PidfileNotRegular` when the path ends in "/", "." or "..",
+    because such a path can only name a directory. Raises `PidfileError` when
     it contains a NUL byte, which no file name can.
     """
     display = _display_path(path)

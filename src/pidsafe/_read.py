@@ -238,11 +238,13 @@ def read_pidfile(
 
 
 def read_pidfile_safely(path: PathArg) -> int | None:
-    """Return the PID in the file at `path`, or None; never raises.
+    """Return the PID in the file at `path`, or None, without raising.
 
     Returns None wherever ``read_pidfile(path, strict=True)`` would raise:
-    a missing, symlinked, special, malformed or untrusted file. Use
-    `read_pidfile` to learn the reason.
+    a missing, symlinked, special, malformed or untrusted file, and a path
+    of the wrong type. Use `read_pidfile` to learn the reason. Only
+    interpreter-level exceptions such as KeyboardInterrupt or MemoryError
+    propagate.
     """
     try:
         return read_pidfile(path, strict=True).pid
@@ -266,7 +268,7 @@ def remove_at(
         raise PidfileNotRegular(display, f"is a {kind}, not a regular file")
 
     # Where others may write the directory, the name could be swapped for a
-    # file someone else cares about; only our own file is ours to remove.
+    # file someone else cares about, so only our own file is ours to remove.
     # In a shared sticky directory others cannot swap a name we own.
     reason = location_reason(directory, name, st.st_uid, trusted)
     if reason is not None and st.st_uid != os.geteuid():
@@ -317,7 +319,12 @@ def remove_pidfile(path: PathArg, *, trusted_uids: Iterable[int] | None = None) 
 
 
 def unlink_pidfile_safely(path: PathArg) -> None:
-    """Remove the PID file at `path` like `remove_pidfile`; never raises."""
+    """Remove the PID file at `path` like `remove_pidfile`, without raising.
+
+    Every OSError, ValueError and TypeError is logged at DEBUG level and
+    dropped; only interpreter-level exceptions such as KeyboardInterrupt or
+    MemoryError propagate.
+    """
     try:
         remove_pidfile(path)
     except _SILENT_ERRORS as exc:

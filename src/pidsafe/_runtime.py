@@ -35,9 +35,9 @@ _DIR_FLAGS: Final = (
 class RuntimeDirError(PidfileError):
     """A runtime directory candidate is missing, unsafe or not a directory.
 
-    `path` is the directory and `reason` names the variable or rule that
-    produced it; `errno` is ENOENT for a missing directory, else EPERM or
-    the system call's errno.
+    `path` is the directory, and `reason` names the variable or rule that
+    produced it. `errno` is ENOENT for a missing directory, else EPERM or
+    the failed system call's errno.
     """
 
     default_errno = errno.EPERM

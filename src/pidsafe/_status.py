@@ -1,4 +1,4 @@
-"""What a PID file says about its service, and removing it when stale."""
+"""The state of a PID file's service, and removing the file when stale."""
 
 from __future__ import annotations
 

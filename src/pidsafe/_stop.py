@@ -625,7 +625,7 @@ def _pin(
         return _NoProcess(pid, reason, _file_id(record))
     refusal = _first_refusal(record, seen, checks, shown)
     if refusal is not None:
-        logger.debug("refused to signal: %s", refusal)
+        logger.debug("not signalling: %s", refusal)
         raise refusal
     handle.pin(seen.info)
     return _Pinned(record, handle, seen)
